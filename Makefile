@@ -1,0 +1,44 @@
+# Every target bootstraps what it needs: a fresh clone runs `make demo` or `make test` directly.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEMO    ?= /tmp/reid-demo
+PYTEST_ARGS ?=
+
+.PHONY: setup browser demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: pip takes these wheels from local files (a CUDA build that also runs on CPU)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's Chromium for the browser tests (the tests skip with a reason when it is absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: install Debian's chromium for the browser tests"; fi; }
+
+demo: setup
+	bash scripts/demo.sh $(DEMO)
+
+test: setup browser
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check reid jobs cluster tests benchmarks
+	$(BIN)/ruff format --check reid jobs cluster tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

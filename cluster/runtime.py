@@ -1,0 +1,60 @@
+"""Connecting to Ray: an embedded local Ray by default, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Variables forwarded to Ray workers so they reach the same storage as the driver. Credentials
+# are forwarded only to a local Ray started here (same machine); clusters use instance roles.
+_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def storage_env(include_secrets: bool) -> dict[str, str]:
+    names = _STORAGE_ENV + (_SECRET_ENV if include_secrets else ())
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = False,
+    object_store_mb: int | None = None,
+) -> dict:
+    """Start (or join) Ray once per process; returns the cluster's resources.
+
+    ``address`` (or ``RAY_ADDRESS``) joins a running cluster; otherwise an embedded local Ray is
+    started with a fixed number of CPUs and the dashboard off unless asked for.
+    """
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env = {"env_vars": storage_env(include_secrets=address is None)}
+    env["env_vars"].setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
+    else:
+        cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            num_gpus=num_gpus,
+            include_dashboard=dashboard,
+            runtime_env=env,
+            object_store_memory=(object_store_mb or 1024) * 1024 * 1024,
+            logging_level="WARNING",
+            log_to_driver=True,
+        )
+    return ray.cluster_resources()
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def resources() -> dict:
+    return ray.cluster_resources() if ray.is_initialized() else {}

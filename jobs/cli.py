@@ -1,0 +1,42 @@
+"""The ``reid`` command line: one sub-command per job. User errors print one line, exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from reid.errors import ReidError
+
+app = typer.Typer(
+    help="Wildlife re-identification at archive scale: ingest, train, embed, index, match, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each job module defines `register(app)`, adding its command(s). Order = order in `reid --help`.
+JOB_MODULES = [
+    "jobs.synth",
+    "jobs.ingest",
+    "jobs.split",
+]
+
+
+def _register_all() -> None:
+    for name in JOB_MODULES:
+        importlib.import_module(name).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_all()
+    try:
+        app(args=argv, standalone_mode=True)
+    except ReidError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Wildlife re-identification: the domain library (no Ray in here; usable from a notebook)."""
+
+__version__ = "0.1.0"

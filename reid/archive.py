@@ -1,0 +1,183 @@
+"""The Parquet image archive: writing part files and reading them back validated.
+
+An archive is a folder (or S3 prefix) of Parquet part files, optionally hive-partitioned by
+survey, plus ``_rejects.parquet`` and ``_manifest.json`` (names starting with ``_`` are skipped
+by Parquet dataset readers, so ``pyarrow.dataset.dataset(OUT)`` reads exactly the archive rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from reid import storage
+from reid.errors import ReidError, SchemaError
+from reid.schema import ARCHIVE_SCHEMA, MAX_ROW_BYTES, REJECTS_SCHEMA, check_unique, conform, validate_archive
+
+REJECTS = "_rejects.parquet"
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # images are big rows: a few tens of MB per row group
+FILE_BYTES = 256 * 1024 * 1024  # and a few hundred MB per file at most
+
+
+def stable_id(*parts: str) -> str:
+    """A stable image id from the parts that identify an image (e.g. survey and source path)."""
+    return hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:20]
+
+
+def row_too_big(row: dict) -> str | None:
+    size = len(row.get("image") or b"")
+    if size >= MAX_ROW_BYTES:
+        return f"too large: {size} bytes (rows of {MAX_ROW_BYTES} bytes or more are refused)"
+    return None
+
+
+class ArchiveWriter:
+    """Buffers archive rows and writes part files of bounded size with deterministic names.
+
+    A part's name is a hash of the image ids it holds, so re-running the same input writes the
+    same file names (idempotent), and the writer never writes an ``image_id`` twice.
+    """
+
+    def __init__(self, out: str, skip_ids: Iterable[str] = (), row_group_bytes: int = ROW_GROUP_BYTES,
+                 file_bytes: int = FILE_BYTES):
+        self.out = out
+        self.row_group_bytes = row_group_bytes
+        self.file_bytes = file_bytes
+        self.seen = set(skip_ids)
+        self._rows: list[dict] = []
+        self._bytes = 0
+        self.written_rows = 0
+        self.files: list[str] = []
+
+    def add(self, row: dict) -> bool:
+        """Buffer a row; returns False (and writes nothing) for an image_id already present."""
+        if row["image_id"] in self.seen:
+            return False
+        self.seen.add(row["image_id"])
+        self._rows.append(row)
+        self._bytes += len(row["image"])
+        if self._bytes >= self.file_bytes:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        table = conform(pa.Table.from_pylist(self._rows, schema=ARCHIVE_SCHEMA), ARCHIVE_SCHEMA)
+        avg = max(1, self._bytes // len(self._rows))
+        name = "part-" + stable_id(*[r["image_id"] for r in self._rows])[:16] + ".parquet"
+        uri = storage.join(self.out, name)
+        storage.write_parquet(table, uri, row_group_size=max(1, self.row_group_bytes // avg))
+        self.files.append(uri)
+        self.written_rows += len(self._rows)
+        self._rows, self._bytes = [], 0
+
+    def close(self) -> None:
+        self.flush()
+
+
+def archive_files(uri: str) -> list[str]:
+    files = storage.list_files(uri, suffix=".parquet")
+    if not files:
+        if not storage.exists(uri):
+            raise ReidError(f"{uri}: archive not found")
+        raise ReidError(f"{uri}: no Parquet files in this archive")
+    return files
+
+
+def dataset(uri: str) -> ds.Dataset:
+    """A pyarrow dataset over the archive's part files (``_``-prefixed files skipped)."""
+    fs, path = storage.resolve(uri)
+    files = [storage.resolve(f)[1] for f in archive_files(uri)]
+    d = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive" if "=" in "".join(files) else None)
+    return d
+
+
+def read_archive(uri: str, columns: list[str] | None = None, check_ids: bool = True) -> pa.Table:
+    """Read (a projection of) the archive, validated: schema per file, unique image ids overall."""
+    fs, _ = storage.resolve(uri)
+    tables = []
+    for f in archive_files(uri):
+        t = storage.read_parquet(f, columns=None if columns is None else _with_id(columns))
+        if columns is None:
+            validate_archive(t.schema, f)
+        else:
+            _validate_projection(t.schema, columns, f)
+        tables.append(t)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if check_ids:
+        check_unique(table, "image_id", uri)
+    return table
+
+
+def _with_id(columns: list[str]) -> list[str]:
+    return columns if "image_id" in columns else ["image_id", *columns]
+
+
+def _validate_projection(schema: pa.Schema, columns: list[str], source: str) -> None:
+    sub = pa.schema([ARCHIVE_SCHEMA.field(c) for c in _with_id(columns) if c in ARCHIVE_SCHEMA.names])
+    from reid.schema import _check_fields  # one checker for whole and projected reads
+
+    _check_fields(schema, sub, source, "archive")
+
+
+def existing_ids(uri: str) -> set[str]:
+    """Image ids already committed in an archive (empty when it does not exist yet)."""
+    if not storage.list_files(uri, suffix=".parquet"):
+        return set()
+    return set(read_archive(uri, columns=["image_id"]).column("image_id").to_pylist())
+
+
+def iter_rows(uri: str, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[dict]:
+    """Stream archive rows file by file (bounded memory)."""
+    for f in archive_files(uri):
+        fs, path = storage.resolve(f)
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        validate_archive(pf.schema_arrow, f) if columns is None else _validate_projection(pf.schema_arrow, columns, f)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
+
+
+def write_rejects(uri: str, rejects: list[dict], name: str = REJECTS) -> str:
+    """Write (merge into) the rejects table ``uri/_rejects.parquet``: image_id, source, reason."""
+    target = storage.join(uri, name)
+    new = pa.Table.from_pylist(
+        [{k: r.get(k) for k in REJECTS_SCHEMA.names} for r in rejects], schema=REJECTS_SCHEMA
+    )
+    if storage.exists(target):
+        old = storage.read_parquet(target)
+        keys = set(zip(new.column("source").to_pylist(), new.column("image_id").to_pylist()))
+        keep = [
+            i for i, k in enumerate(zip(old.column("source").to_pylist(), old.column("image_id").to_pylist()))
+            if k not in keys
+        ]
+        new = pa.concat_tables([old.take(keep), new])
+    storage.write_parquet(new, target)
+    return target
+
+
+def read_rejects(uri: str, name: str = REJECTS) -> pa.Table:
+    target = storage.join(uri, name)
+    if not storage.exists(target):
+        return REJECTS_SCHEMA.empty_table()
+    return storage.read_parquet(target)
+
+
+__all__ = [
+    "ArchiveWriter",
+    "SchemaError",
+    "archive_files",
+    "dataset",
+    "existing_ids",
+    "iter_rows",
+    "read_archive",
+    "read_rejects",
+    "row_too_big",
+    "stable_id",
+    "write_rejects",
+]
