@@ -16,6 +16,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Wildlife re-identification at archive scale."""
+
+
 # Each job module defines `register(app)`, adding its command(s). Order = order in `reid --help`.
 JOB_MODULES = [
     "jobs.synth",
@@ -26,7 +33,13 @@ JOB_MODULES = [
 
 def _register_all() -> None:
     for name in JOB_MODULES:
-        importlib.import_module(name).register(app)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a job not built yet; tests/test_cli.py checks every listed job imports
+                continue
+            raise
+        module.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
