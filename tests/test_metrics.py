@@ -50,9 +50,7 @@ def test_ids_and_exclusions():
     m = retrieval_metrics(q, ["a"], g, gl, ks=(1,), query_ids=["x"], gallery_ids=["x", "y", "z"])
     assert m["accuracy@1"] == 0.0 and m["map"] == pytest.approx(0.5)
     # Excluding the only other positive leaves the query without a positive.
-    m = retrieval_metrics(
-        q, ["a"], g, gl, query_ids=["x"], gallery_ids=["x", "y", "z"], exclude=[("x", "z")]
-    )
+    m = retrieval_metrics(q, ["a"], g, gl, query_ids=["x"], gallery_ids=["x", "y", "z"], exclude=[("x", "z")])
     assert m["n_queries"] == 0 and m["n_queries_without_positive"] == 1
     mask = np.array([[False, True, False]])
     m = retrieval_metrics(q, ["a"], g, gl, ks=(1,), exclude=mask)
