@@ -17,6 +17,18 @@ def storage_env(include_secrets: bool) -> dict[str, str]:
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
+_started_here = False  # True when this process started an embedded local Ray
+
+
+def task_env() -> dict:
+    """runtime_env for tasks/actors: storage variables as they are now in the driver.
+
+    Ray may have been started before the variables were set (tests, notebooks), so jobs pass
+    this with each operator. Credentials only go to a Ray this process started on this machine.
+    """
+    return {"env_vars": storage_env(include_secrets=_started_here)}
+
+
 def connect(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -29,6 +41,7 @@ def connect(
     ``address`` (or ``RAY_ADDRESS``) joins a running cluster; otherwise an embedded local Ray is
     started with a fixed number of CPUs and the dashboard off unless asked for.
     """
+    global _started_here
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -37,6 +50,7 @@ def connect(
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
     else:
+        _started_here = True
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         ray.init(
             address="local",

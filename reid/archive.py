@@ -20,6 +20,7 @@ from reid.schema import ARCHIVE_SCHEMA, MAX_ROW_BYTES, REJECTS_SCHEMA, check_uni
 REJECTS = "_rejects.parquet"
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # images are big rows: a few tens of MB per row group
 FILE_BYTES = 256 * 1024 * 1024  # and a few hundred MB per file at most
+ROW_GROUP_ROWS = 256  # and at most this many rows, so a killed embed job loses little
 
 
 def stable_id(*parts: str) -> str:
@@ -70,7 +71,9 @@ class ArchiveWriter:
         avg = max(1, self._bytes // len(self._rows))
         name = "part-" + stable_id(*[r["image_id"] for r in self._rows])[:16] + ".parquet"
         uri = storage.join(self.out, name)
-        storage.write_parquet(table, uri, row_group_size=max(1, self.row_group_bytes // avg))
+        # Row groups are the units embedding commits and resumes by: bounded in bytes and in rows.
+        rg_rows = max(1, min(ROW_GROUP_ROWS, self.row_group_bytes // avg))
+        storage.write_parquet(table, uri, row_group_size=rg_rows)
         self.files.append(uri)
         self.written_rows += len(self._rows)
         self._rows, self._bytes = [], 0
@@ -156,7 +159,7 @@ def write_rejects(uri: str, rejects: list[dict], name: str = REJECTS) -> str:
             i for i, k in enumerate(zip(old.column("source").to_pylist(), old.column("image_id").to_pylist()))
             if k not in keys
         ]
-        new = pa.concat_tables([old.take(keep), new])
+        new = pa.concat_tables([old.take(pa.array(keep, type=pa.int64())), new])
     storage.write_parquet(new, target)
     return target
 

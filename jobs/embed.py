@@ -1,0 +1,357 @@
+"""`reid embed ARCHIVE --model MODEL --out EMBEDDINGS`: bulk embedding with Ray Data, resumable.
+
+Unit of work = one archive row group. CPU tasks read a row group (projected columns) and decode
++ resize its images; an actor pool (model loaded once per actor, on GPU when there is one) runs
+the model; the driver commits each finished unit as ``part-<unit>.parquet`` (its rejects first,
+in ``_rejects/``). A re-run skips committed units, so a killed job loses only the units in
+flight; ``_manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from pydantic import BaseModel, Field, field_validator
+
+from jobs.common import print_summary, progress
+from reid import archive, manifest, storage
+from reid.errors import ConfigError, ReidError
+from reid.schema import CARRIED_COLUMNS, REJECTS_SCHEMA, check_unique, conform, embeddings_schema
+
+JOB = "embed"
+REJECTS_DIR = "_rejects"
+
+
+class EmbedConfig(BaseModel):
+    archive: str = Field(description="archive path or s3:// URI")
+    model: str = Field(description="model package (dir or s3://) or timm:/hf-hub: pretrained name")
+    out: str = Field(description="embeddings output path or s3:// URI")
+    batch_size: int = Field(64, ge=1, le=4096, description="images per model forward")
+    actors: int | None = Field(None, ge=1, description="inference actors (default: from resources)")
+    gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when GPUs exist, else 0")
+    cpus_per_actor: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch threads per CPU actor")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each decode task")
+    force: bool = False
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
+    max_units: int | None = Field(None, ge=1, description="stop after this many units (testing)")
+
+    @field_validator("archive", "model", "out")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Units of work
+
+
+def plan_units(archive_uri: str) -> list[dict]:
+    """One unit per (file, row group), with a deterministic key; validates every file's schema."""
+    units = []
+    for f in archive.archive_files(archive_uri):
+        fs, path = storage.resolve(f)
+        md = pq.ParquetFile(fs.open_input_file(path))
+        archive._validate_projection(md.schema_arrow, ["image", "bbox", *CARRIED_COLUMNS], f)
+        rel = f[len(archive_uri.rstrip("/")) :].lstrip("/")
+        for rg in range(md.metadata.num_row_groups):
+            units.append(
+                {
+                    "file": f,
+                    "row_group": rg,
+                    "rows": md.metadata.row_group(rg).num_rows,
+                    "unit": archive.stable_id(rel, str(rg))[:16],
+                }
+            )
+    return units
+
+
+def unit_uri(out: str, unit: str) -> str:
+    return storage.join(out, f"part-{unit}.parquet")
+
+
+def _read_row_group(file: str, row_group: int, columns: list[str]) -> pa.Table:
+    fs, path = storage.resolve(file)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(row_group, columns=columns)
+
+
+class DecodeUnits:
+    """Ray Data UDF (CPU): a batch of unit descriptors -> decoded uint8 pixels of their images."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, batch: dict) -> dict:
+        from reid.preprocess import decode_for_model
+
+        ids, units, pixels, reasons = [], [], [], []
+        blank = np.zeros((self.size, self.size, 3), np.uint8)
+        for file, rg, unit in zip(batch["file"], batch["row_group"], batch["unit"]):
+            t = _read_row_group(str(file), int(rg), ["image_id", "image", "bbox"])
+            for image_id, data, bbox in zip(
+                t.column("image_id").to_pylist(), t.column("image").to_pylist(), t.column("bbox").to_pylist()
+            ):
+                arr, reason = decode_for_model(data, bbox, self.size)
+                ids.append(image_id)
+                units.append(unit)
+                pixels.append(blank if arr is None else arr)
+                reasons.append(reason or "")
+        return {
+            "image_id": np.array(ids, dtype=object),
+            "unit": np.array(units, dtype=object),
+            "pixels": np.stack(pixels) if pixels else np.zeros((0, self.size, self.size, 3), np.uint8),
+            "reason": np.array(reasons, dtype=object),
+        }
+
+
+class Embedder:
+    """Ray Data actor: loads the model once, embeds decoded batches (rejects pass through)."""
+
+    def __init__(self, model: str, batch_size: int, threads: int | None):
+        import torch
+
+        from reid.model import load_package
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.spec = load_package(model)
+        self.model = self.model.to(self.device).eval()
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from reid.preprocess import normalize
+
+        ok = batch["reason"] == ""
+        n, d = len(ok), self.spec.embedding_dim
+        emb = np.zeros((n, d), np.float32)
+        idx = np.flatnonzero(ok)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device == "cuda"):
+            for s in range(0, len(idx), self.batch_size):
+                sel = idx[s : s + self.batch_size]
+                x = normalize(batch["pixels"][sel], self.spec.mean, self.spec.std, self.device)
+                emb[sel] = self.model(x).float().cpu().numpy()
+        return {"image_id": batch["image_id"], "unit": batch["unit"], "embedding": emb, "reason": batch["reason"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Committing units
+
+
+def commit_unit(cfg: EmbedConfig, spec, unit: dict, rows: dict[str, tuple[np.ndarray, str]]) -> tuple[int, int]:
+    """Write one unit: its rejects (if any), then its embeddings part (the commit). Returns counts."""
+    meta = _read_row_group(unit["file"], unit["row_group"], ["image_id", "source", *CARRIED_COLUMNS])
+    good, bad = [], []
+    for i, image_id in enumerate(meta.column("image_id").to_pylist()):
+        emb, reason = rows[image_id]
+        (bad if reason else good).append((i, image_id, emb, reason))
+    if bad:
+        rej = pa.Table.from_pylist(
+            [{"image_id": b[1], "source": meta.column("source")[b[0]].as_py(), "reason": b[3]} for b in bad],
+            schema=REJECTS_SCHEMA,
+        )
+        storage.write_parquet(rej, storage.join(cfg.out, REJECTS_DIR, f"{unit['unit']}.parquet"))
+    take = pa.array([g[0] for g in good], type=pa.int64())
+    dim = spec.embedding_dim
+    flat = np.concatenate([g[2] for g in good]).astype(np.float32) if good else np.zeros(0, np.float32)
+    cols = {
+        "image_id": pa.array([g[1] for g in good], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
+        "model_id": pa.array([spec.model_id] * len(good), pa.string()),
+    }
+    for c in CARRIED_COLUMNS:
+        cols[c] = meta.column(c).take(take)
+    table = conform(pa.table(cols), embeddings_schema(dim))
+    storage.write_parquet(table, unit_uri(cfg.out, unit["unit"]))
+    return len(good), len(bad)
+
+
+def _check_output(cfg: EmbedConfig, model_id: str) -> None:
+    m = manifest.read_manifest(cfg.out)
+    if m and m.get("job") != JOB:
+        raise ReidError(f"{cfg.out} holds the output of `reid {m.get('job')}`; choose another --out")
+    parts = storage.list_files(cfg.out, suffix=".parquet")
+    if parts and not cfg.force:
+        found = storage.read_parquet(parts[0], columns=["model_id"]).column("model_id")
+        other = found[0].as_py() if len(found) else (m or {}).get("model_id")
+        if other and other != model_id:
+            raise ReidError(
+                f"{cfg.out} holds embeddings of model {other}, not {model_id}: write a new model's "
+                "embeddings to a new --out (or pass --force to recompute here)"
+            )
+
+
+def _resources(cfg: EmbedConfig) -> dict:
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    gpa = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    if gpa > 0:
+        actors = cfg.actors or max(1, int(gpus // gpa))
+        cpa = cfg.cpus_per_actor or 1.0
+    else:
+        # CPU inference: few actors, each using several threads; leave CPU for the decode tasks.
+        actors = cfg.actors or max(1, int(cpus // 8))
+        cpa = cfg.cpus_per_actor or max(0.5, min(4.0, (cpus - cfg.decode_cpus) / actors))
+    if actors * cpa + cfg.decode_cpus > cpus + 1e-9:
+        raise ConfigError(
+            f"{actors} actor(s) x {cpa} CPU + {cfg.decode_cpus} CPU per decode task needs more than the "
+            f"cluster's {cpus:g} CPUs: the decode tasks would starve; lower --actors or --cpus-per-actor"
+        )
+    threads = cfg.threads or max(1, int(round(cpus / actors)))
+    return {"actors": actors, "cpus_per_actor": cpa, "gpus_per_actor": gpa, "threads": threads,
+            "cluster_cpus": cpus, "cluster_gpus": gpus}
+
+
+def run(cfg: EmbedConfig) -> dict:
+    """Embed every valid archive row exactly once; returns the summary."""
+    from reid.model import load_package
+
+    started, t0 = manifest.now(), time.perf_counter()
+    units = plan_units(cfg.archive)  # validates the archive before any work
+    ids = pa.concat_tables(
+        [storage.read_parquet(f, columns=["image_id"]) for f in archive.archive_files(cfg.archive)]
+    )
+    check_unique(ids, "image_id", cfg.archive)
+    _, spec = load_package(cfg.model)  # fails now (not in an actor) on a bad model
+    _check_output(cfg, spec.model_id)
+    if cfg.force:
+        for f in storage.list_files(cfg.out, suffix=".parquet") + storage.list_files(
+            storage.join(cfg.out, REJECTS_DIR)
+        ):
+            storage.delete(f)
+        storage.delete(storage.join(cfg.out, manifest.MANIFEST))
+    done = {u["unit"] for u in units if storage.exists(unit_uri(cfg.out, u["unit"]))}
+    todo = [u for u in units if u["unit"] not in done]
+    if cfg.max_units:
+        todo = todo[: cfg.max_units]
+    plan = {"units": len(units), "skipped_units": len(done), "todo_units": len(todo)}
+    n_ok = n_bad = 0
+    res: dict = {}
+    if todo:
+        n_ok, n_bad, res = _run_pipeline(cfg, spec, todo)
+    wall = time.perf_counter() - t0
+    all_done = all(storage.exists(unit_uri(cfg.out, u["unit"])) for u in units)
+    summary = {**plan, "embedded": n_ok, "rejected": n_bad, "wall_s": round(wall, 2),
+               "images_per_s": round((n_ok + n_bad) / wall, 2) if todo else 0.0, "model_id": spec.model_id,
+               **{k: v for k, v in res.items() if k in ("actors", "threads", "gpus_per_actor")}}
+    if all_done:
+        totals = _finalize(cfg, spec, units, started, summary)
+        summary.update(totals)
+    return summary
+
+
+def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, dict]:
+    import ray
+
+    from cluster.runtime import connect, task_env
+
+    connect(cfg.address, num_cpus=cfg.num_cpus)
+    res = _resources(cfg)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    by_unit = {u["unit"]: u for u in todo}
+    ds = ray.data.from_items(
+        [{"file": u["file"], "row_group": u["row_group"], "unit": u["unit"]} for u in todo],
+        override_num_blocks=len(todo),
+    )
+    ds = ds.map_batches(DecodeUnits, fn_constructor_args=(spec.input_size,), batch_size=1,
+                        num_cpus=cfg.decode_cpus, concurrency=(1, max(1, int(res["cluster_cpus"]))),
+                        runtime_env=task_env())
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_args=(cfg.model, cfg.batch_size, res["threads"]),
+        batch_size=cfg.batch_size,
+        num_cpus=res["cpus_per_actor"],
+        num_gpus=res["gpus_per_actor"],
+        concurrency=res["actors"],
+        runtime_env=task_env(),  # Ray Data restarts dead actors and retries their tasks by default
+    )
+    pending: dict[str, dict[str, tuple]] = defaultdict(dict)
+    n_ok = n_bad = 0
+    total = sum(u["rows"] for u in todo)
+    bar = progress(None, total=total, desc="embed")
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for image_id, unit, emb, reason in zip(batch["image_id"], batch["unit"], batch["embedding"],
+                                               batch["reason"]):
+            pending[unit][image_id] = (emb, reason)  # keyed by id: a retried task cannot duplicate
+        for unit in [u for u, rows in pending.items() if len(rows) == by_unit[u]["rows"]]:
+            ok, bad = commit_unit(cfg, spec, by_unit[unit], pending.pop(unit))
+            n_ok, n_bad = n_ok + ok, n_bad + bad
+            bar.update(ok + bad)
+    bar.close()
+    if pending:
+        raise ReidError(f"embedding finished with {len(pending)} incomplete unit(s); re-run to resume")
+    return n_ok, n_bad, res
+
+
+def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: dict) -> dict:
+    parts = [unit_uri(cfg.out, u["unit"]) for u in units]
+    n_rows = sum(pq.ParquetFile(storage.resolve(p)[0].open_input_file(storage.resolve(p)[1])).metadata.num_rows
+                 for p in parts)
+    rej_files = storage.list_files(storage.join(cfg.out, REJECTS_DIR), suffix=".parquet")
+    rejects = pa.concat_tables([storage.read_parquet(f) for f in rej_files]) if rej_files else \
+        REJECTS_SCHEMA.empty_table()
+    storage.write_parquet(rejects, storage.join(cfg.out, archive.REJECTS))
+    counts = {"embeddings": n_rows, "rejects": rejects.num_rows, "units": len(units)}
+    manifest.write_manifest(
+        cfg.out, JOB, cfg.model_dump(), [cfg.archive, cfg.model], counts, started,
+        model_id=spec.model_id, dim=spec.embedding_dim, model_spec=spec.to_dict() if hasattr(spec, "to_dict")
+        else None, run={k: summary[k] for k in ("wall_s", "images_per_s") if k in summary},
+    )
+    return {"total_embeddings": n_rows, "total_rejects": rejects.num_rows}
+
+
+def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a committed embeddings output (refuses one without a manifest), validated."""
+    from reid.schema import validate_embeddings
+
+    manifest.require_manifest(uri, job=JOB)
+    files = storage.list_files(uri, suffix=".parquet")
+    table = pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
+    if columns is None:
+        validate_embeddings(table, uri)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("embed")
+    def embed_cmd(
+        archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive path or s3:// URI"),
+        model: str = typer.Option(..., help="model package (dir/s3://) or timm:NAME / hf-hub:ORG/NAME"),
+        out: str = typer.Option(..., help="embeddings output (path or s3://); one per model version"),
+        batch_size: int = typer.Option(64, help="images per forward pass"),
+        actors: int = typer.Option(None, help="inference actors (default: one per GPU, or CPUs/8)"),
+        gpus_per_actor: float = typer.Option(None, help="GPUs per actor (default 1 when GPUs exist)"),
+        cpus_per_actor: float = typer.Option(None, help="CPUs reserved per actor"),
+        threads: int = typer.Option(None, help="torch threads per CPU actor"),
+        force: bool = typer.Option(False, help="recompute everything, even committed units"),
+        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
+        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
+    ):
+        """Embed an archive with a model; resumable (re-run skips committed units)."""
+        try:
+            cfg = EmbedConfig(archive=archive_uri, model=model, out=out, batch_size=batch_size, actors=actors,
+                              gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, threads=threads,
+                              force=force, address=address, num_cpus=num_cpus)
+        except ValueError as e:
+            raise ReidError(f"bad embed options: {e}") from e
+        summary = run(cfg)
+        print_summary(JOB, summary)
+        if summary.get("total_rejects"):
+            typer.echo(f"{summary['total_rejects']} image(s) rejected: see {storage.join(out, archive.REJECTS)}")
+
+
