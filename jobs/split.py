@@ -1,0 +1,98 @@
+"""`reid split ARCHIVE --out SPLIT.parquet --kind ...`: a leak-free train/test split of an archive."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import typer
+from pydantic import BaseModel, Field
+
+from jobs.common import print_summary
+from reid import archive, manifest, split, storage
+from reid.errors import ConfigError, ReidError
+
+JOB = "split"
+
+
+class SplitConfig(BaseModel):
+    archive: str = Field(description="archive location: a path or s3://bucket/prefix")
+    out: str = Field(description="split table to write: a .parquet path or s3:// key")
+    kind: Literal["identity", "open", "closed", "time"] = "identity"
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="approximate share of labeled images in test")
+    unknown_fraction: float = Field(
+        0.5, gt=0, lt=1, description="open split: share of test images unseen in train"
+    )
+    cutoff: str | None = Field(None, description="time split: first survey that goes to test")
+    seed: int = Field(0, ge=0)
+
+
+def run(cfg: SplitConfig) -> dict:
+    """Read the archive's metadata columns (not the images), split, write table + manifest at once."""
+    started = manifest.now()
+    t0 = time.perf_counter()
+    if cfg.kind == "time" and not cfg.cutoff:
+        raise ConfigError("a time split needs --cutoff, the first survey that goes to test (e.g. 2023)")
+    if storage.is_dir(cfg.out):
+        raise ReidError(f"{cfg.out} is a folder; --out names the split's Parquet file, e.g. split.parquet")
+    manifest.require_manifest(cfg.archive)
+    table = archive.read_archive(cfg.archive, columns=split.INPUT_COLUMNS)
+    result = split.make_split(
+        table,
+        cfg.kind,
+        test_fraction=cfg.test_fraction,
+        unknown_fraction=cfg.unknown_fraction,
+        cutoff=cfg.cutoff,
+        seed=cfg.seed,
+        source=cfg.archive,
+    )
+    counts = split.split_counts(result)
+    m = {
+        "job": JOB,
+        "config": manifest.scrub(cfg.model_dump()),
+        "code_version": manifest.code_version(),
+        "inputs": manifest.lineage([cfg.archive]),
+        "counts": counts,
+        "started_at": started,
+        "ended_at": manifest.now(),
+    }
+    split.write_split(result, cfg.out, m)
+    return {"kind": cfg.kind, **counts, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("split")
+    def split_cmd(
+        archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive: path or s3://bucket/prefix"),
+        out: str = typer.Option(..., "--out", help="split table to write (Parquet), e.g. split.parquet"),
+        kind: str = typer.Option("identity", help="identity | open | closed | time"),
+        test_fraction: float = typer.Option(0.2, help="approximate share of labeled images in test"),
+        unknown_fraction: float = typer.Option(
+            0.5, help="open split: share of test images from unseen individuals"
+        ),
+        cutoff: str = typer.Option(None, help="time split: first survey that goes to test, e.g. 2023"),
+        seed: int = typer.Option(0, help="same seed, same split"),
+    ):
+        """Split an archive into train/test (+ unlabeled) without leaking bursts or same-day sightings."""
+        try:
+            cfg = SplitConfig(
+                archive=archive_uri,
+                out=out,
+                kind=kind,
+                test_fraction=test_fraction,
+                unknown_fraction=unknown_fraction,
+                cutoff=cutoff,
+                seed=seed,
+            )
+        except ValueError as e:
+            raise ConfigError(f"bad split options: {_message(e)}") from e
+        print_summary(JOB, run(cfg))
+
+
+def _message(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        return "; ".join(
+            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in errors()
+        )
+    return str(e)
