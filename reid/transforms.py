@@ -1,0 +1,77 @@
+"""Image preprocessing built from a model spec, so training, embedding and serving agree exactly.
+
+Evaluation: resize to an ``input_size`` square and normalise with the spec's mean/std.
+Training adds re-ID-safe augmentation: crops, small rotations, colour jitter, blur and erasing.
+Horizontal flips are off by default: for animals whose left and right flanks carry different
+patterns (zebra stripes, giraffe patches, lion whisker spots) a flip makes a different individual.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from reid.imageio import decode
+from reid.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+
+def _normalize(spec: ModelSpec) -> T.Normalize:
+    return T.Normalize(mean=list(spec.mean or IMAGENET_MEAN), std=list(spec.std or IMAGENET_STD))
+
+
+def eval_transform(spec: ModelSpec):
+    """PIL RGB image -> float tensor [3, S, S], S = spec.input_size."""
+    s = spec.input_size
+    return T.Compose(
+        [
+            T.Resize((s, s), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.ToTensor(),
+            _normalize(spec),
+        ]
+    )
+
+
+def train_transform(spec: ModelSpec, flip: bool = False, strength: float = 1.0):
+    """Augmenting PIL -> tensor transform for metric learning; ``strength`` scales every effect.
+
+    ``flip=True`` only for species whose flanks look alike (or data without viewpoint meaning).
+    """
+    s = spec.input_size
+    a = max(0.0, float(strength))
+    ops: list = [
+        T.RandomResizedCrop(
+            (s, s),
+            scale=(max(0.35, 1.0 - 0.4 * a), 1.0),
+            ratio=(0.8, 1.25),
+            interpolation=T.InterpolationMode.BICUBIC,
+            antialias=True,
+        ),
+    ]
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    if a > 0:
+        ops += [
+            T.RandomApply([T.RandomRotation(10 * a, interpolation=T.InterpolationMode.BILINEAR)], p=0.3),
+            T.ColorJitter(brightness=0.3 * a, contrast=0.3 * a, saturation=0.2 * a, hue=0.02 * a),
+            T.RandomGrayscale(p=0.1 * min(a, 1.0)),
+            T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.5))], p=0.2 * min(a, 1.0)),
+        ]
+    ops += [T.ToTensor(), _normalize(spec)]
+    if a > 0:
+        ops.append(T.RandomErasing(p=0.25 * min(a, 1.0), scale=(0.02, 0.15), value=0))
+    return T.Compose(ops)
+
+
+def preprocess(
+    data: bytes | None, bbox, spec: ModelSpec, transform=None
+) -> tuple[torch.Tensor | None, str | None]:
+    """Encoded bytes (+ optional bbox) -> (normalised tensor, None), or (None, reject reason)."""
+    decoded = decode(data, bbox, target_size=spec.input_size)
+    if not decoded.ok:
+        return None, decoded.reason
+    image: Image.Image = decoded.image
+    try:
+        return (transform or eval_transform(spec))(image), None
+    except Exception as e:  # noqa: BLE001 - a bad pixel buffer is a reject, not a crash
+        return None, f"transform failed: {type(e).__name__}: {e}"
