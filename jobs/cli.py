@@ -28,6 +28,10 @@ JOB_MODULES = [
     "jobs.synth",
     "jobs.ingest",
     "jobs.split",
+    "jobs.embed",
+    "jobs.index",
+    "jobs.match",
+    "jobs.evaluate",
 ]
 
 

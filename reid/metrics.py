@@ -350,16 +350,3 @@ def _weighted_at_least(scores: np.ndarray, weights: np.ndarray, thresholds: np.n
     cum = np.concatenate([[0.0], np.cumsum(weights[order][::-1])])  # cum[j]: the j highest scores
     n_at_least = len(scores) - np.searchsorted(scores[order], thresholds, side="left")
     return cum[n_at_least]
-
-
-def equal_error_threshold(same_scores, different_scores) -> float:
-    """The similarity where same-individual pairs below it and different pairs above it are equally
-    frequent (equal error rate): a threshold when no unknown individuals exist to calibrate on."""
-    same = np.sort(np.asarray(same_scores, dtype=np.float64))
-    diff = np.sort(np.asarray(different_scores, dtype=np.float64))
-    if len(same) == 0 or len(diff) == 0:
-        raise ReidError("equal_error_threshold needs scores of both same- and different-individual pairs")
-    cands = np.unique(np.concatenate([same, diff]))
-    frr = np.searchsorted(same, cands, side="left") / len(same)  # same pairs rejected (< t)
-    far = 1.0 - np.searchsorted(diff, cands, side="left") / len(diff)  # different pairs accepted (>= t)
-    return float(cands[int(np.argmin(np.abs(frr - far)))])

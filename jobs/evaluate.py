@@ -1,0 +1,309 @@
+"""`reid evaluate EMBEDDINGS --out REPORT_DIR`: retrieval and open-set metrics, plots, an HTML report.
+
+Outputs in REPORT_DIR: ``metrics.json`` (flat metric keys first: ``accuracy@1``, ``accuracy@5``,
+``accuracy@10``, ``map``, ``map@r``, and the open-set keys when the protocol has new individuals),
+``queries.parquet`` (each query's top candidates), the PNG plots, ``report.html`` (self-contained)
+and ``_manifest.json`` (last). Evaluation sets fit in memory, so this job runs in-process: no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import typer
+from pydantic import BaseModel, Field, model_validator
+from rich.table import Table
+
+from jobs.common import console, print_summary
+from reid import evaluation, manifest, report, storage
+from reid.errors import ConfigError, ReidError
+
+JOB = "evaluate"
+METRICS = "metrics.json"
+QUERIES = "queries.parquet"
+HEADLINE = [
+    "accuracy@1",
+    "accuracy@5",
+    "accuracy@10",
+    "map",
+    "map@r",
+    "auroc_new",
+    "baks",
+    "baus",
+    "baks_baus_gmean",
+    "threshold",
+    "threshold_best",
+    "baks_baus_gmean_best",
+]
+
+
+class EvaluateConfig(BaseModel):
+    embeddings: str = Field(description="embeddings output of `reid embed` (path or s3://)")
+    out: str = Field(description="report folder (path or s3://)")
+    protocol: Literal["loo", "split", "time"] = "loo"
+    split: str | None = Field(None, description="split table (Parquet or CSV): image_id + role column")
+    split_column: str = "split"
+    query_values: list[str] = Field(default_factory=lambda: ["test", "query"])
+    gallery_values: list[str] = Field(default_factory=lambda: ["train", "gallery"])
+    cutoff: str | None = Field(None, description="time protocol: first survey (or time) of the queries")
+    cutoff_by: Literal["survey", "captured_at"] = "survey"
+    exclude_same_burst: bool = False
+    exclude_same_day: bool = False
+    burst_seconds: float = Field(60.0, gt=0)
+    threshold: float | None = Field(None, description="new-individual threshold (default: calibrated)")
+    target_false_new: float = Field(
+        evaluation.TARGET_FALSE_NEW, gt=0, lt=1, description="calibration: share of known queries called new"
+    )
+    archive: str | None = Field(None, description="archive for thumbnails (default: from the lineage)")
+    report: bool = True
+    map_method: Literal["auto", "umap", "tsne", "pca"] = "auto"
+    top: int = Field(20, ge=1, le=60, description="individuals coloured on the 2-D map")
+    examples: int = Field(8, ge=0, le=100, description="example queries shown in the report")
+    candidates: int = Field(10, ge=1, le=100, description="candidates per query kept in queries.parquet")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _protocol_inputs(self) -> EvaluateConfig:
+        if self.protocol == "split" and not self.split:
+            raise ValueError("protocol 'split' needs --split TABLE (image_id + a query/gallery column)")
+        if self.protocol == "time" and not self.cutoff:
+            raise ValueError("protocol 'time' needs --cutoff (e.g. --cutoff 2023: queries from 2023 on)")
+        if self.protocol != "split" and self.split:
+            raise ValueError("--split is only used by --protocol split")
+        return self
+
+
+def build_protocol(cfg: EvaluateConfig, data: evaluation.EvalData) -> evaluation.Protocol:
+    if cfg.protocol == "split":
+        table = evaluation.read_split_table(cfg.split)
+        return evaluation.from_split(
+            data,
+            table,
+            cfg.split_column,
+            tuple(cfg.query_values),
+            tuple(cfg.gallery_values),
+            source=f"split table {cfg.split}",
+        )
+    if cfg.protocol == "time":
+        return evaluation.time_aware(data, cfg.cutoff, by=cfg.cutoff_by)
+    return evaluation.leave_one_out(data)
+
+
+def _clean(v):
+    """JSON-safe values: NaN becomes null."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    return v
+
+
+def queries_table(data: evaluation.EvalData, ev: evaluation.Evaluation) -> pa.Table:
+    """One row per query: its individual, whether it is known to the gallery, its top candidates."""
+    g = ev.gallery_rows
+    idx, sc = ev.neighbours.indices, ev.neighbours.scores
+    cand_ids, cand_ind, cand_sc, first = [], [], [], []
+    for qpos, qrow in enumerate(ev.query_rows):
+        keep = idx[qpos] >= 0
+        rows = g[idx[qpos][keep]]
+        cand_ids.append(data.ids[rows].tolist())
+        labs = data.labels[rows].tolist()
+        cand_ind.append(labs)
+        cand_sc.append(sc[qpos][keep].astype(np.float32).tolist())
+        hit = [r for r, lab in enumerate(labs, 1) if lab == data.labels[qrow]]
+        first.append(hit[0] if hit else None)
+    return pa.table(
+        {
+            "query_id": pa.array(data.ids[ev.query_rows].tolist(), pa.string()),
+            "individual_id": pa.array(data.labels[ev.query_rows].tolist(), pa.string()),
+            "known": pa.array(ev.known.tolist(), pa.bool_()),
+            "top1_correct": pa.array(ev.top1_correct.tolist(), pa.bool_()),
+            "first_correct_rank": pa.array(first, pa.int32()),
+            "candidate_ids": pa.array(cand_ids, pa.list_(pa.string())),
+            "candidate_individuals": pa.array(cand_ind, pa.list_(pa.string())),
+            "candidate_scores": pa.array(cand_sc, pa.list_(pa.float32())),
+        }
+    )
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    """Evaluate one model's embeddings under one protocol; returns the summary (metrics included)."""
+    started, t0 = manifest.now(), time.perf_counter()
+    manifest.ensure_writable_output(cfg.out, JOB, force=True)
+    table, emb_manifest = evaluation.read_embeddings(cfg.embeddings)
+    data = evaluation.eval_data(table)
+    if len(data) < 2:
+        raise ReidError(
+            f"{cfg.embeddings}: {len(data)} labelled embeddings (individual_id set); "
+            "evaluation needs labelled images of at least one individual seen twice"
+        )
+    protocol = build_protocol(cfg, data)
+    mask = evaluation.exclusion_mask(
+        data, protocol, cfg.exclude_same_burst, cfg.exclude_same_day, cfg.burst_seconds
+    )
+    ev = evaluation.evaluate(
+        data,
+        protocol,
+        exclude=mask,
+        threshold=cfg.threshold,
+        target_false_new=cfg.target_false_new,
+        candidates_k=cfg.candidates,
+        seed=cfg.seed,
+    )
+    if not ev.metrics.get("n_queries"):
+        raise ReidError(
+            f"{cfg.embeddings}: no query has an image of its individual in the gallery under "
+            f"this protocol ({protocol.description}); nothing to score"
+        )
+    model_id = data.model_id or (emb_manifest or {}).get("model_id")
+    metrics_doc = {k: _clean(ev.metrics[k]) for k in HEADLINE if k in ev.metrics}
+    metrics_doc.update({k: _clean(v) for k, v in ev.metrics.items() if k not in metrics_doc})
+    metrics_doc.update(
+        {
+            "accuracy_at_k": {str(k): _clean(v) for k, v in ev.accuracy_at_k.items()},
+            "threshold_source": ev.threshold_source,
+            "protocol": {
+                "name": protocol.name,
+                "description": protocol.description,
+                **protocol.info,
+                "exclude_same_burst": cfg.exclude_same_burst,
+                "exclude_same_day": cfg.exclude_same_day,
+                "excluded_pairs": ev.exclusions,
+            },
+            "model_id": model_id,
+            "embeddings": cfg.embeddings,
+            "n_unlabelled": data.n_unlabelled,
+        }
+    )
+    storage.write_text(storage.join(cfg.out, METRICS), json.dumps(metrics_doc, indent=2))
+    storage.write_parquet(queries_table(data, ev), storage.join(cfg.out, QUERIES))
+    paths = {}
+    if cfg.report:
+        archive_uri = cfg.archive or report.archive_from_lineage(emb_manifest)
+        inputs = report.ReportInputs(
+            cfg.embeddings, model_id, archive_uri, title=f"Re-identification evaluation ({protocol.name})"
+        )
+        paths = report.write_report(
+            cfg.out,
+            inputs,
+            data,
+            protocol,
+            ev,
+            n_examples=cfg.examples,
+            top=cfg.top,
+            map_method=cfg.map_method,
+            seed=cfg.seed,
+        )
+    counts = {
+        "embeddings": table.num_rows,
+        "labelled": len(data),
+        "queries": int(ev.metrics["n_queries"]),
+        "gallery": int(ev.metrics["n_gallery"]),
+        "excluded_pairs": ev.exclusions,
+    }
+    inputs_uris = [cfg.embeddings] + ([cfg.split] if cfg.split else [])
+    manifest.write_manifest(
+        cfg.out,
+        JOB,
+        cfg.model_dump(),
+        inputs_uris,
+        counts,
+        started,
+        model_id=model_id,
+        metrics={k: metrics_doc[k] for k in HEADLINE if k in metrics_doc},
+    )
+    return {
+        **{k: metrics_doc[k] for k in HEADLINE if k in metrics_doc},
+        **counts,
+        "report": paths.get("report"),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def print_metrics(summary: dict) -> None:
+    """The metric table (4 decimals), then the job summary."""
+    table = Table(title="reid evaluate: metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in HEADLINE:
+        if k in summary:
+            v = summary[k]
+            table.add_row(k, "n/a" if v is None else f"{v:.4f}")
+    console.print(table)
+    print_summary(JOB, {k: v for k, v in summary.items() if k not in HEADLINE})
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate_cmd(
+        embeddings: str = typer.Argument(
+            ..., metavar="EMBEDDINGS", help="output of `reid embed` (path/s3://)"
+        ),
+        out: str = typer.Option(..., help="report folder: metrics.json, plots, report.html"),
+        protocol: str = typer.Option("loo", help="loo (leave-one-out) | split (query/gallery table) | time"),
+        split: str = typer.Option(None, help="split table (Parquet/CSV) with image_id and a role column"),
+        split_column: str = typer.Option("split", help="the split table's role column"),
+        query_value: list[str] = typer.Option(["test", "query"], help="role value(s) of query images"),
+        gallery_value: list[str] = typer.Option(["train", "gallery"], help="role value(s) of gallery images"),
+        cutoff: str = typer.Option(None, help="time protocol: first survey of the queries (e.g. 2023)"),
+        cutoff_by: str = typer.Option("survey", help="time protocol cutoff on: survey | captured_at"),
+        exclude_same_burst: bool = typer.Option(False, help="drop gallery images of the query's burst"),
+        exclude_same_day: bool = typer.Option(False, help="drop gallery images taken the query's day"),
+        burst_seconds: float = typer.Option(60.0, help="a burst: same camera, within this many seconds"),
+        threshold: float = typer.Option(None, help="new-individual threshold (default: calibrated)"),
+        target_false_new: float = typer.Option(
+            evaluation.TARGET_FALSE_NEW, help="calibrated threshold: share of known queries it calls new"
+        ),
+        archive: str = typer.Option(
+            None, help="archive for thumbnails (default: from the embeddings' lineage)"
+        ),
+        report_: bool = typer.Option(True, "--report/--no-report", help="write the HTML report and plots"),
+        map_method: str = typer.Option("auto", help="2-D map: auto | umap | tsne | pca"),
+        top: int = typer.Option(20, help="individuals coloured on the 2-D map"),
+        examples: int = typer.Option(8, help="example queries in the report"),
+        seed: int = typer.Option(0, help="seed for sampling examples and the map"),
+    ):
+        """Accuracy@k, mAP, open-set metrics and an HTML report for one model's embeddings."""
+        try:
+            cfg = EvaluateConfig(
+                embeddings=embeddings,
+                out=out,
+                protocol=protocol,
+                split=split,
+                split_column=split_column,
+                query_values=query_value,
+                gallery_values=gallery_value,
+                cutoff=cutoff,
+                cutoff_by=cutoff_by,
+                exclude_same_burst=exclude_same_burst,
+                exclude_same_day=exclude_same_day,
+                burst_seconds=burst_seconds,
+                threshold=threshold,
+                target_false_new=target_false_new,
+                archive=archive,
+                report=report_,
+                map_method=map_method,
+                top=top,
+                examples=examples,
+                seed=seed,
+            )
+        except ValueError as e:
+            raise ConfigError(f"bad evaluate options: {_pydantic_message(e)}") from e
+        summary = run(cfg)
+        print_metrics(summary)
+        if summary.get("report"):
+            typer.echo(f"report: {summary['report']}")
+
+
+def _pydantic_message(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in errors()
+        )
+    return str(e)
