@@ -28,6 +28,7 @@ JOB_MODULES = [
     "jobs.synth",
     "jobs.ingest",
     "jobs.split",
+    "jobs.train",
     "jobs.embed",
     "jobs.index",
     "jobs.match",
