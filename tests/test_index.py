@@ -1,0 +1,204 @@
+"""reid.index: factory choice, shards, exact sharded search vs brute force, IVF recall (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from reid import index as rindex
+from reid import matching, storage
+from reid.errors import ConfigError, ReidError
+
+GRID = 2.0**-10  # coordinates on this grid make every inner product exact in float32 (d <= 64)
+
+
+def grid_vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
+    """Near-unit random vectors whose inner products FAISS and numpy compute bit-identically."""
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return (np.round(x / GRID) * GRID).astype(np.float32)
+
+
+def clustered_vectors(
+    n: int,
+    d: int = 64,
+    groups: int = 50,
+    per_individual: int = 8,
+    seed: int = 0,
+    spread: float = 2.0,
+    noise: float = 0.6,
+):
+    """Re-id-like data: groups (species/pose) of individuals, images jittered around each one."""
+    rng = np.random.default_rng(seed)
+    n_ind = max(1, n // per_individual)
+    g_centre = rng.standard_normal((groups, d))
+    ind_group = rng.integers(0, groups, n_ind)
+    ind_centre = g_centre[ind_group] + spread * rng.standard_normal((n_ind, d))
+    ind = rng.integers(0, n_ind, n)
+    x = ind_centre[ind] + noise * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), ind
+
+
+def brute_force(q: np.ndarray, x: np.ndarray, k: int, allowed: np.ndarray | None = None):
+    """Exact top-k by a float64 dense product (fine at test sizes), ties by id."""
+    s = (q.astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    ids = np.broadcast_to(np.arange(x.shape[0]), s.shape)
+    order = np.lexsort((ids, -s), axis=1)[:, :k]
+    d, i = np.take_along_axis(s, order, 1), order.astype(np.int64)
+    i[~np.isfinite(d)] = -1
+    return d, i
+
+
+def assert_same_knn(d, i, ref_d, ref_i, next_score=None):
+    """Scores bit-identical; ids identical except inside ties (same set) or a tie cut at rank k."""
+    np.testing.assert_array_equal(d, ref_d)
+    for r in range(len(d)):
+        for v in np.unique(d[r]):
+            pos = d[r] == v
+            if pos.sum() == 1 and not (next_score is not None and next_score[r] == v):
+                assert i[r, pos][0] == ref_i[r, pos][0], f"query {r}: {i[r]} vs {ref_i[r]}"
+            elif next_score is None or next_score[r] != v:
+                assert set(i[r, pos]) == set(ref_i[r, pos]), f"query {r}: {i[r]} vs {ref_i[r]}"
+
+
+def sharded_search(x, q, k, shard_size, factory="Flat", nprobe=None, train=None, **kw):
+    """Build shards like the job does (one trained quantizer) and merge their top-k."""
+    trained = rindex.train(factory, x if train is None else train) if "IVF" in factory else None
+    parts = []
+    for lo in range(0, len(x), shard_size):
+        shard = rindex.build_shard(
+            trained if trained is not None else rindex.make_index(factory, x.shape[1]),
+            x[lo : lo + shard_size],
+        )
+        d, i = matching.search_shard(shard, q, k, nprobe=nprobe, **kw)
+        parts.append((d, matching.to_global(i, lo)))
+    return matching.merge_topk(parts, k)
+
+
+def test_factory_is_picked_by_size():
+    assert rindex.choose_factory(10_000, 512) == "Flat"
+    assert rindex.choose_factory(1_000_000, 512) == "IVF4096,Flat"
+    big = rindex.choose_factory(100_000_000, 512)
+    assert big.startswith("IVF") and big.endswith(",PQ64")
+    for n in (60_000, 2_000_000, 50_000_000):
+        nlist = rindex.nlist_for(n)
+        assert nlist & (nlist - 1) == 0 and n // nlist >= 39
+    for dim in (64, 128, 256, 384, 512, 768):
+        assert dim % rindex.pq_m(dim) == 0
+    assert rindex.default_nprobe("Flat") == 1 and rindex.default_nprobe("IVF4096,Flat") == 64
+
+
+def test_bad_factory_is_a_config_error():
+    with pytest.raises(ConfigError, match="IVFbogus"):
+        rindex.make_index("IVFbogus", 32)
+
+
+def test_sharded_exact_equals_brute_force():
+    x = grid_vectors(2000)
+    d, i = sharded_search(x, x, 10, shard_size=300)
+    ref_d, ref_i = brute_force(x, x, 11)
+    assert_same_knn(d, i, ref_d[:, :10], ref_i[:, :10], ref_d[:, 10])
+    assert (i[:, 0] == np.arange(len(x))).all()  # self first when not excluded
+
+
+def test_sharded_exact_self_excluded_and_small_k_tail():
+    x = grid_vectors(700, seed=1)
+    meta = pa.table({"image_id": [f"i{j}" for j in range(len(x))]})
+    parts = []
+    for lo in range(0, len(x), 256):
+        shard = rindex.build_shard(rindex.make_index("Flat", 32), x[lo : lo + 256])
+        gallery = matching.GalleryMeta(meta.slice(lo, 256))
+        dd, ii = matching.search_shard(shard, x, 10, meta, gallery, matching.Exclusions(self_match=True))
+        parts.append((dd, matching.to_global(ii, lo)))
+    d, i = matching.merge_topk(parts, 10)
+    ref_d, ref_i = brute_force(x, x, 11, allowed=~np.eye(len(x), dtype=bool))
+    assert_same_knn(d, i, ref_d[:, :10], ref_i[:, :10], ref_d[:, 10])
+    assert not (i == np.arange(len(x))[:, None]).any()
+
+
+def test_ivf_recall_at_10_against_exact(capsys):
+    x, _ = clustered_vectors(20_000)
+    q = x[::20]
+    exact_d, exact_i = sharded_search(x, q, 10, shard_size=5_000)
+    trained = rindex.train("IVF128,Flat", x)
+    shards = [rindex.build_shard(trained, x[lo : lo + 5_000]) for lo in range(0, len(x), 5_000)]
+    recalls = {}
+    for nprobe in (1, 4, 16):
+        parts = [rindex.search(s, q, 10, nprobe) for s in shards]
+        _, ivf_i = matching.merge_topk(
+            [(d, matching.to_global(i, 5_000 * j)) for j, (d, i) in enumerate(parts)], 10
+        )
+        recalls[nprobe] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf_i, exact_i, strict=True)])
+    with capsys.disabled():
+        print(
+            f"\nIVF128,Flat recall@10 vs exact (N=20000, d=64, 4 shards), by nprobe: "
+            f"{ {k: round(float(v), 4) for k, v in recalls.items()} }"
+        )
+    assert recalls[1] <= recalls[4] <= recalls[16]
+    assert recalls[16] >= 0.95
+
+
+def test_sharded_ivf_equals_one_ivf_index():
+    """One shared quantizer: the shards probe the same cells as the unsharded index."""
+    x, _ = clustered_vectors(6_000, seed=2)
+    trained = rindex.train("IVF64,Flat", x)
+    whole = rindex.build_shard(trained, x)
+    d1, i1 = rindex.search(whole, x[:500], 10, nprobe=4)
+    d2, i2 = sharded_search(x, x[:500], 10, shard_size=1_500, factory="IVF64,Flat", nprobe=4, train=x)
+    np.testing.assert_allclose(d1, d2, rtol=0, atol=1e-6)
+    assert (i1 == i2).mean() > 0.999
+
+
+def test_save_load_roundtrip(tmp_path):
+    x = grid_vectors(300)
+    index = rindex.build_shard(rindex.train("IVF16,Flat", x), x)
+    uri = str(tmp_path / "a" / "shard.faiss")
+    rindex.save_faiss(index, uri)
+    back = rindex.load_faiss(uri)
+    assert back.ntotal == 300
+    assert (rindex.search(back, x[:5], 3, nprobe=16)[1] == rindex.search(index, x[:5], 3, nprobe=16)[1]).all()
+    assert rindex.deserialize(rindex.serialize(index)).ntotal == 300
+
+
+def test_read_range_reads_only_the_rows_asked(tmp_path):
+    t = pa.table({"image_id": [f"i{j}" for j in range(1000)], "v": list(range(1000))})
+    uri = str(tmp_path / "p.parquet")
+    storage.write_parquet(t, uri, row_group_size=128)
+    r = rindex.read_range(rindex.RowRange(uri, 250, 520), ["v"])
+    assert r.column("v").to_pylist() == list(range(250, 520))
+    with pytest.raises(ReidError, match="rebuild the index"):
+        rindex.read_range(rindex.RowRange(uri, 900, 1200))
+    with pytest.raises(ReidError, match="not found"):
+        rindex.read_range(rindex.RowRange(str(tmp_path / "gone.parquet"), 0, 1))
+
+
+def test_split_ranges_bounds_groups():
+    ranges = [rindex.RowRange("a", 0, 500), rindex.RowRange("b", 0, 130), rindex.RowRange("c", 10, 20)]
+    groups = rindex.split_ranges(ranges, 200)
+    assert [sum(r.rows for r in g) for g in groups] == [200, 200, 200, 40]
+    assert groups[2] == [rindex.RowRange("a", 400, 500), rindex.RowRange("b", 0, 100)]
+    with pytest.raises(ConfigError):
+        rindex.split_ranges(ranges, 0)
+
+
+def test_unnormalised_embeddings_are_refused():
+    x = grid_vectors(10)
+    rindex.check_normalised(x, "ok")
+    with pytest.raises(ReidError, match="not L2-normalised.*reid embed"):
+        rindex.check_normalised(x * 3, "emb/part-0.parquet")
+    x[3, 0] = np.nan
+    with pytest.raises(ReidError, match="1 embeddings"):
+        rindex.check_normalised(x, "emb")
+
+
+def test_index_and_query_must_agree():
+    info = rindex.IndexInfo(uri="idx", version="v-1", dim=32, factory="Flat", model_id="model-a", shards=[])
+    rindex.check_compatible(info, "model-a", 32, "q")
+    with pytest.raises(ReidError, match="model_id 'model-b' differs .*'model-a'"):
+        rindex.check_compatible(info, "model-b", 32, "q")
+    with pytest.raises(ReidError, match="dim 64, the index idx has dim 32"):
+        rindex.check_compatible(info, "model-a", 64, "q")
