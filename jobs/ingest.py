@@ -42,14 +42,16 @@ def run(cfg: IngestConfig) -> dict:
     writer.close()
     if rejects or not storage.exists(storage.join(cfg.out, archive.REJECTS)):
         archive.write_rejects(cfg.out, rejects)
-    total = archive.read_archive(cfg.out, columns=["individual_id"])
-    individuals = len({i for i in total.column("individual_id").to_pylist() if i is not None})
+    has_rows = bool(storage.list_files(cfg.out, suffix=".parquet"))
+    labels = archive.read_archive(cfg.out, columns=["individual_id"]).column("individual_id").to_pylist() \
+        if has_rows else []
+    individuals = len({i for i in labels if i is not None})
     counts = {
         "candidates": len(candidates),
         "already_present": len(candidates) - len(todo),
         "written": writer.written_rows,
         "rejected": len(rejects),
-        "archive_rows": total.num_rows,
+        "archive_rows": len(labels),
         "individuals": individuals,
     }
     manifest.write_manifest(cfg.out, JOB, cfg.model_dump(), [cfg.src], counts, started)
