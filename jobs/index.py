@@ -1,0 +1,415 @@
+"""`reid index EMBEDDINGS... --out INDEX`: a sharded FAISS index over one or more surveys.
+
+Steps: validate every input (embed manifests, one model, one dim, unique image ids) -> pick the
+factory by size -> train the coarse quantizer once on a sample (a Ray task) -> build shards of
+bounded size in parallel (Ray tasks: read rows, add to a copy of the trained index, write the
+FAISS file, then the id table as the shard's commit) -> calibrate the new-individual threshold on
+labelled images (searcher actors of `reid match`) -> write the version's manifests -> switch the
+pointer ``INDEX/_manifest.json`` last. A failed build leaves the previous version in service; a
+re-run of the same build resumes its version (committed shards are skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import typer
+from pydantic import BaseModel, Field, field_validator
+
+from jobs.common import print_summary
+from reid import index as rindex
+from reid import manifest, matching, storage
+from reid.errors import ConfigError, ReidError
+from reid.index import IndexInfo, RowRange, ShardInfo
+from reid.schema import CARRIED_COLUMNS, check_unique
+
+JOB = "index"
+SAMPLE_CHUNK = 256  # rows per randomly chosen chunk when sampling (few row-group reads)
+
+
+class IndexConfig(BaseModel):
+    embeddings: list[str] = Field(description="embeddings outputs (one per survey/year, or several surveys)")
+    out: str = Field(description="index location: a path or s3:// URI")
+    factory: str | None = Field(None, description="FAISS factory string (default: chosen by size)")
+    shard_size: int = Field(1_000_000, ge=1, description="vectors per shard at most")
+    nprobe: int | None = Field(None, ge=1, description="IVF cells probed by default (stored with the index)")
+    train_sample: int | None = Field(
+        None, ge=1, description="rows to train the quantizer on (default: by nlist)"
+    )
+    target_false_new: float = Field(0.05, gt=0, lt=1, description="known individuals called new, at most")
+    calibration_queries: int = Field(20_000, ge=0, description="labelled images used to calibrate (0 = off)")
+    calibration_k: int = Field(20, ge=1)
+    calibration_exclude_same_camera_day: bool = Field(True, description="bursts do not count as resightings")
+    keep_versions: int = Field(2, ge=1, description="index versions kept (the one in service included)")
+    gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
+    seed: int = 0
+    force: bool = False
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
+
+    @field_validator("embeddings")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one embeddings output")
+        if len(set(v)) != len(v):
+            raise ValueError("an embeddings output is given twice")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def plan_inputs(inputs: list[str]) -> dict:
+    """Every input's row ranges, the common dim and model_id; refuses mixes and duplicate ids."""
+    from jobs.match import embeddings_ranges
+
+    ranges, dims, models, ids, rows = [], {}, {}, [], {}
+    for uri in inputs:
+        r, dim, model_id = embeddings_ranges(uri)
+        ranges += r
+        dims[uri], models[uri], rows[uri] = dim, model_id, sum(x.rows for x in r)
+        ids += [storage.read_parquet(x.uri, columns=["image_id"]) for x in r]
+    if len(set(dims.values())) > 1:
+        raise ReidError("embeddings of different dims cannot share an index: " + _by_input(dims))
+    if len(set(models.values()) - {None}) > 1:
+        raise ReidError(
+            "embeddings of different models cannot share an index (scores would not compare): "
+            + _by_input(models)
+            + "; embed every survey with the same model"
+        )
+    if not ranges:
+        raise ReidError(f"{', '.join(inputs)}: no embeddings to index")
+    table = pa.concat_tables(ids)
+    try:
+        check_unique(table, "image_id", " + ".join(inputs))
+    except ReidError as e:
+        raise ReidError(f"{e}; an image must be in one input only") from None
+    return {
+        "ranges": ranges,
+        "dim": next(iter(dims.values())),
+        "model_id": next((m for m in models.values() if m), None),
+        "rows": rows,
+        "n": len(table),
+    }
+
+
+def _by_input(values: dict) -> str:
+    return ", ".join(f"{uri}: {v}" for uri, v in values.items())
+
+
+def sample_chunks(ranges: list[RowRange], eligible: np.ndarray | None, want: int, seed: int) -> list[tuple]:
+    """Random chunks of rows until ``want`` eligible rows: [(chunk ranges, positions)] in order.
+
+    Positions index the chunk's rows; ``eligible`` is a mask over the concatenated ranges.
+    """
+    chunks = rindex.split_ranges(ranges, SAMPLE_CHUNK)
+    starts = np.cumsum([0] + [sum(r.rows for r in c) for c in chunks])
+    order = np.random.default_rng(seed).permutation(len(chunks))
+    chosen, total = [], 0
+    for c in order:
+        lo, hi = starts[c], starts[c + 1]
+        pos = np.arange(hi - lo) if eligible is None else np.flatnonzero(eligible[lo:hi])
+        if len(pos):
+            chosen.append((int(c), pos))
+            total += len(pos)
+        if total >= want:
+            break
+    return [(chunks[c], pos) for c, pos in sorted(chosen)]
+
+
+# --------------------------------------------------------------------------------------------
+# Ray tasks
+
+
+def _read_rows(ranges: list[RowRange], columns: list[str]) -> pa.Table:
+    return pa.concat_tables([rindex.read_range(r, columns) for r in ranges])
+
+
+def train_task(
+    factory: str, dim: int, sample: list[tuple], n: int, out_uri: str, gpu: bool, seed: int
+) -> int:
+    """Train the shared quantizer on the sampled rows and save the empty trained index."""
+    rindex.set_threads(1)
+    parts = [rindex.vectors_of(_read_rows(rr, ["embedding"]).take(pa.array(pos))) for rr, pos in sample]
+    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    if len(vectors) > n:
+        vectors = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), n, replace=False))]
+    rindex.check_normalised(vectors, "training sample")
+    index = rindex.train(factory, vectors, gpu)
+    rindex.save_faiss(index, out_uri)
+    return len(vectors)
+
+
+def build_task(
+    version_uri: str,
+    name: str,
+    ranges: list[RowRange],
+    trained_uri: str | None,
+    factory: str,
+    dim: int,
+    model_id: str | None,
+    gpu: bool,
+) -> int:
+    """One shard: read its rows, add them to the trained index, write FAISS file then id table."""
+    rindex.set_threads(1)
+    table = _read_rows(ranges, ["image_id", "embedding", "model_id", *CARRIED_COLUMNS])
+    if model_id is not None:
+        other = table.filter(pc.not_equal(table.column("model_id"), model_id))
+        if len(other):
+            raise ReidError(
+                f"{ranges[0].uri}: rows of model {other.column('model_id')[0].as_py()!r}, "
+                f"expected {model_id!r}; re-run `reid embed`"
+            )
+    vectors = rindex.vectors_of(table)
+    rindex.check_normalised(vectors, ", ".join(sorted({r.uri for r in ranges})))
+    trained = rindex.load_faiss(trained_uri) if trained_uri else rindex.make_index(factory, dim)
+    index = rindex.build_shard(trained, vectors, gpu)
+    rindex.save_faiss(index, storage.join(version_uri, name + ".faiss"))
+    storage.write_parquet(table.select(rindex.ID_COLUMNS), storage.join(version_uri, name + ".ids.parquet"))
+    return len(table)
+
+
+def _get(refs):
+    """ray.get that re-raises a user error from a task as itself (one clear CLI line)."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, ReidError):
+            raise cause from None
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+
+
+def calibrate(cfg: IndexConfig, info: IndexInfo, gpu: bool | None) -> dict:
+    """Threshold for the target false-new rate, on labelled images whose individual has others."""
+    from jobs.match import Block, gallery_table, knn
+
+    if cfg.calibration_queries == 0:
+        return {"threshold": None, "reason": "calibration turned off"}
+    gallery = gallery_table(info)
+    labels = gallery.column("individual_id")
+    counts = pc.value_counts(labels.drop_null())
+    multi = [v["values"] for v in counts.to_pylist() if v["counts"] >= 2]
+    eligible = np.asarray(pc.is_in(labels, value_set=pa.array(multi, pa.string())).fill_null(False))
+    if eligible.sum() < 2:
+        return {"threshold": None, "n": 0, "reason": "no labelled individual with two or more images"}
+    ranges = [r for s in info.shards for r in s.ranges]
+    blocks = [
+        Block(i, rr, pos.tolist())
+        for i, (rr, pos) in enumerate(sample_chunks(ranges, eligible, cfg.calibration_queries, cfg.seed + 1))
+    ]
+    exclude = matching.Exclusions(True, cfg.calibration_exclude_same_camera_day, False)
+    metas, matches = [], []
+    for _, meta, d, g in knn(
+        info, blocks, cfg.calibration_k, exclude, info.nprobe, gpu=gpu, desc="calibrate"
+    ):
+        metas.append(meta)
+        matches.append(matching.matches_table(meta, d, g, gallery))
+    return matching.calibrate(pa.concat_tables(metas), pa.concat_tables(matches), cfg.target_false_new)
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def _version_key(cfg: IndexConfig, plan: dict, factory: str) -> str:
+    lineage = [(uri, (manifest.read_manifest(uri) or {}).get("ended_at")) for uri in cfg.embeddings]
+    key = {
+        "inputs": lineage,
+        "ranges": [[r.uri, r.start, r.stop] for r in plan["ranges"]],
+        "config": cfg.model_dump(exclude={"force", "address", "num_cpus", "gpu", "out", "keep_versions"}),
+        "factory": factory,
+    }
+    if cfg.force:
+        key["forced_at"] = time.time_ns()
+    return "v-" + hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _cleanup(out: str, keep: list[str], keep_versions: int) -> list[str]:
+    """Delete versions beyond ``keep_versions`` (the new one and the one it replaced come first);
+    uncommitted leftovers of failed builds go too."""
+    survivors = list(dict.fromkeys(keep))[:keep_versions]
+    committed = []
+    removed = []
+    for v in rindex.list_versions(out):
+        m = manifest.read_manifest(storage.join(out, rindex.VERSIONS, v))
+        if m is not None and v not in survivors:
+            committed.append((m.get("ended_at", ""), v))
+        elif m is None and v not in survivors:
+            removed.append(v)
+    for _, v in sorted(committed, reverse=True):
+        if len(survivors) < keep_versions:
+            survivors.append(v)
+        else:
+            removed.append(v)
+    for v in removed:
+        storage.delete(storage.join(out, rindex.VERSIONS, v))
+    return sorted(removed)
+
+
+def run(cfg: IndexConfig) -> dict:
+    """Build (or resume) an index version and put it in service; returns the summary."""
+    import ray
+
+    from cluster.runtime import connect, task_env
+
+    started, t0 = manifest.now(), time.perf_counter()
+    m = manifest.read_manifest(cfg.out)
+    if m and m.get("job") != JOB:
+        raise ReidError(f"{cfg.out} holds the output of `reid {m.get('job')}`; choose another --out")
+    plan = plan_inputs(cfg.embeddings)
+    dim, n = plan["dim"], plan["n"]
+    factory = cfg.factory or rindex.choose_factory(n, dim)
+    trained_needed = rindex.needs_training(factory, dim)  # also validates the factory string
+    if trained_needed and cfg.train_sample is not None and cfg.train_sample < 2:
+        raise ConfigError("train_sample must be at least 2")
+    version = _version_key(cfg, plan, factory)
+    if m and m.get("version") == version and not cfg.force:
+        return {**m.get("summary", {}), "up_to_date": True}
+
+    connect(cfg.address, num_cpus=cfg.num_cpus)
+    n_gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.gpu is not False else 0
+    if cfg.gpu and not n_gpus:
+        raise ConfigError("--gpu was asked for, but the Ray cluster has no GPU")
+    task = {"num_cpus": 1, "num_gpus": 1 if n_gpus else 0, "runtime_env": task_env()}
+    vuri = storage.join(cfg.out, rindex.VERSIONS, version)
+    shards, offset = [], 0
+    for i, group in enumerate(rindex.split_ranges(plan["ranges"], cfg.shard_size)):
+        rows = sum(r.rows for r in group)
+        shards.append(ShardInfo(rindex.shard_name(i), rows, offset, group))
+        offset += rows
+
+    timings = {}
+    trained_uri = None
+    if trained_needed:
+        t = time.perf_counter()
+        trained_uri = storage.join(vuri, "trained.faiss")
+        want = cfg.train_sample or rindex.train_sample_size(factory, n)
+        if not storage.exists(trained_uri):
+            sample = sample_chunks(plan["ranges"], None, want, cfg.seed)
+            train = ray.remote(train_task).options(**task)
+            _get(train.remote(factory, dim, sample, want, trained_uri, bool(n_gpus), cfg.seed))
+        timings["train_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    build = ray.remote(build_task).options(**task, max_retries=2)
+    todo = [s for s in shards if not storage.exists(storage.join(vuri, s.name + ".ids.parquet"))]
+    refs = [
+        build.remote(vuri, s.name, s.ranges, trained_uri, factory, dim, plan["model_id"], bool(n_gpus))
+        for s in todo
+    ]
+    _get(refs)
+    timings["build_s"] = round(time.perf_counter() - t, 3)
+
+    info = IndexInfo(
+        uri=cfg.out,
+        version=version,
+        dim=dim,
+        factory=factory,
+        model_id=plan["model_id"],
+        shards=shards,
+        nprobe=cfg.nprobe or rindex.default_nprobe(factory),
+        sources=list(cfg.embeddings),
+        counts={"images": n, "shards": len(shards), "per_input": plan["rows"]},
+        created_at=started,
+    )
+    rindex.write_info(info)
+    t = time.perf_counter()
+    calibration = calibrate(cfg, info, cfg.gpu)
+    timings["calibrate_s"] = round(time.perf_counter() - t, 3)
+    info.threshold, info.calibration = calibration.get("threshold"), calibration
+    rindex.write_info(info)
+
+    summary = {
+        "version": version,
+        "images": n,
+        "shards": len(shards),
+        "factory": factory,
+        "dim": dim,
+        "model_id": plan["model_id"],
+        "nprobe": info.nprobe,
+        "threshold": info.threshold,
+        "calibration": calibration,
+        "shards_skipped": len(shards) - len(todo),
+        **timings,
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    counts = {"images": n, "shards": len(shards), "per_input": plan["rows"]}
+    extra = {
+        "version": version,
+        "model_id": plan["model_id"],
+        "dim": dim,
+        "factory": factory,
+        "threshold": info.threshold,
+        "summary": summary,
+    }
+    manifest.write_manifest(vuri, JOB, cfg.model_dump(), cfg.embeddings, counts, started, **extra)
+    previous = m.get("version") if m else None
+    manifest.write_manifest(
+        cfg.out, JOB, cfg.model_dump(), cfg.embeddings, counts, started, **extra
+    )  # pointer
+    summary["removed_versions"] = _cleanup(
+        cfg.out, [version] + ([previous] if previous else []), cfg.keep_versions
+    )
+    return summary
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("index")
+    def index_cmd(
+        embeddings: list[str] = typer.Argument(
+            ..., metavar="EMBEDDINGS...", help="embeddings outputs (years)"
+        ),
+        out: str = typer.Option(..., help="index location (path or s3://)"),
+        factory: str = typer.Option(
+            None, help="FAISS factory string, e.g. Flat, IVF4096,Flat (default: by size)"
+        ),
+        shard_size: int = typer.Option(1_000_000, help="vectors per shard at most"),
+        nprobe: int = typer.Option(None, help="IVF cells probed by default"),
+        train_sample: int = typer.Option(None, help="rows to train the quantizer on"),
+        target_false_new: float = typer.Option(0.05, help="rate of known individuals called new, at most"),
+        calibration_queries: int = typer.Option(20_000, help="labelled images used to calibrate (0 = off)"),
+        gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="GPU FAISS (default: when GPUs exist)"),
+        force: bool = typer.Option(False, help="build a new version even if this one is in service"),
+        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
+        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
+    ):
+        """Build a sharded FAISS index over embeddings (several surveys -> one population index)."""
+        try:
+            cfg = IndexConfig(
+                embeddings=embeddings,
+                out=out,
+                factory=factory,
+                shard_size=shard_size,
+                nprobe=nprobe,
+                train_sample=train_sample,
+                target_false_new=target_false_new,
+                calibration_queries=calibration_queries,
+                gpu=gpu,
+                force=force,
+                address=address,
+                num_cpus=num_cpus,
+            )
+        except ValueError as e:
+            raise ReidError(f"bad index options: {e}") from e
+        summary = run(cfg)
+        print_summary(JOB, summary)
+        cal = summary.get("calibration") or {}
+        if cal.get("threshold") is not None:
+            typer.echo(
+                f"threshold {cal['threshold']:.4f}: false-new {cal['false_new']:.3f} on {cal['n']} "
+                f"labelled queries (target {cal['target_false_new']}), accuracy@1 {cal['accuracy_at_1']:.3f}"
+            )

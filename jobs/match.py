@@ -1,0 +1,452 @@
+"""`reid match INDEX --out MATCHES [--k 10] [--query EMBEDDINGS]`: sharded all-vs-all k-NN.
+
+Work = (shard x query block) Ray tasks: a task reads its block of queries straight from the
+embeddings files and searches one shard (kept loaded in the worker between tasks, on a GPU when
+the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it
+holds O(block*k) per block in flight (O(N*k) at most) and nobody builds the dense N x N matrix. Each finished block is committed as
+``matches/part-<block>.parquet`` (a re-run skips them); decisions, proposed new individuals and
+the population tables follow; ``_manifest.json`` is written last.
+
+Output::
+
+    MATCHES/matches/part-*.parquet   query_id, neighbor_id, rank (1 = best), score (+ surveys, label)
+    MATCHES/queries/part-*.parquet   the queries' ids and metadata
+    MATCHES/decisions.parquet        query_id, predicted_individual, score, is_new, survey, individual_id
+    MATCHES/new_individuals.parquet  image_id, proposed_individual
+    MATCHES/identities.parquet, population.parquet, capture_history.{parquet,csv,inp}  (all-vs-all)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import typer
+from pydantic import BaseModel, Field
+
+from jobs.common import print_summary, progress
+from reid import index as rindex
+from reid import manifest, matching, population, storage
+from reid.errors import ConfigError, ReidError
+from reid.index import IndexInfo, RowRange
+from reid.schema import validate_embeddings
+
+JOB = "match"
+PLAN = "_plan.json"
+QUERY_COLUMNS = ["image_id", "embedding", "model_id", "individual_id", "survey", "captured_at", "camera_id"]
+META_COLUMNS = ["image_id", "individual_id", "survey", "captured_at", "camera_id"]
+
+
+class MatchConfig(BaseModel):
+    index: str = Field(description="index path or s3:// URI (the version in service is used)")
+    out: str = Field(description="matches output path or s3:// URI")
+    query: str | None = Field(None, description="embeddings to match against the index (default: all-vs-all)")
+    k: int = Field(10, ge=1, le=1000)
+    exclude_self: bool = True
+    exclude_same_camera_day: bool = False
+    across_surveys: bool = False
+    nprobe: int | None = Field(None, ge=1, description="IVF cells probed (default: the index's)")
+    threshold: float | None = Field(None, description="new-individual threshold (default: the index's)")
+    use_labels: bool = Field(True, description="labelled images keep their label in population tables")
+    query_block: int = Field(8192, ge=1, description="queries per task")
+    workers: int | None = Field(None, ge=1, description="searcher actors (default: one per CPU or GPU)")
+    gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
+    force: bool = False
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
+
+    def exclusions(self) -> matching.Exclusions:
+        return matching.Exclusions(self.exclude_self, self.exclude_same_camera_day, self.across_surveys)
+
+
+# --------------------------------------------------------------------------------------------
+# Query blocks and the searcher actors (shared with `reid index`, which calibrates with them)
+
+
+@dataclass
+class Block:
+    """A block of queries: rows of embeddings files, optionally only some of them (``rows``)."""
+
+    id: int
+    ranges: list[RowRange]
+    rows: list[int] | None = None
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n = len(self.rows) if self.rows is not None else sum(r.rows for r in self.ranges)
+
+
+def read_block(block: Block, model_id: str) -> tuple[np.ndarray, pa.Table]:
+    """A block's query vectors and metadata; refuses another model's rows by name."""
+    tables = [rindex.read_range(r, QUERY_COLUMNS) for r in block.ranges]
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in QUERY_COLUMNS})
+    if block.rows is not None:
+        table = table.take(pa.array(block.rows, pa.int64()))
+    other = table.filter(pc.not_equal(table.column("model_id"), model_id))
+    if len(other):
+        raise ReidError(
+            f"{block.ranges[0].uri}: model_id {other.column('model_id')[0].as_py()!r} differs from the "
+            f"index's {model_id!r}; match embeddings of the index's model (or rebuild the index)"
+        )
+    vectors = rindex.vectors_of(table)
+    rindex.check_normalised(vectors, block.ranges[0].uri if block.ranges else "queries")
+    return vectors, table.select(META_COLUMNS)
+
+
+def blocks_from_ranges(ranges: list[RowRange], size: int) -> list[Block]:
+    return [Block(i, group) for i, group in enumerate(rindex.split_ranges(ranges, size))]
+
+
+# Per worker process: the last few shards loaded (Ray reuses task workers, so consecutive
+# (shard x block) tasks on a worker find their shard here instead of reading it again).
+_SHARDS: OrderedDict = OrderedDict()
+SHARD_CACHE = int(os.environ.get("REID_SHARD_CACHE", "2"))
+
+
+def _cached_shard(index_uri: str, version: str, s: int, gpu: bool):
+    key = (index_uri, version, s, gpu)
+    if key in _SHARDS:
+        _SHARDS.move_to_end(key)
+        return _SHARDS[key], 0.0
+    t0 = time.perf_counter()
+    info = rindex.read_info(index_uri, version)
+    index, ids = rindex.load_shard(info, s, gpu=gpu)
+    _SHARDS[key] = (index, matching.GalleryMeta(ids), info.shards[s].offset, info.model_id)
+    while len(_SHARDS) > max(1, SHARD_CACHE):
+        _SHARDS.popitem(last=False)
+    return _SHARDS[key], time.perf_counter() - t0
+
+
+def search_task(index_uri: str, version: str, shard: int, block: Block, k: int, exclude, nprobe, gpu: bool):
+    """One (shard x query block) task: the block's top-k in the shard, as global ids."""
+    rindex.set_threads(1)
+    (index, gallery, offset, model_id), load_s = _cached_shard(index_uri, version, shard, gpu)
+    t0 = time.perf_counter()
+    vectors, meta = read_block(block, model_id)
+    t1 = time.perf_counter()
+    d, i = matching.search_shard(index, vectors, k, meta, gallery, exclude, nprobe)
+    timing = {"load_s": load_s, "read_s": t1 - t0, "search_s": time.perf_counter() - t1}
+    return block.id, meta, d, matching.to_global(i, offset), timing
+
+
+def _unwrap(e: Exception) -> Exception:
+    """The user error inside a Ray task error, so the CLI prints one clear line."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, ReidError) else e
+
+
+def task_order(n_shards: int, blocks: list[Block], window: int) -> list[tuple[int, Block]]:
+    """(shard, block) pairs: windows of blocks, shard-major inside a window, so a worker keeps
+    searching the shard it has loaded while a window's blocks complete together."""
+    order = []
+    for lo in range(0, len(blocks), window):
+        order += [(s, b) for s in range(n_shards) for b in blocks[lo : lo + window]]
+    return order
+
+
+def knn(
+    info: IndexInfo,
+    blocks: list[Block],
+    k: int,
+    exclude: matching.Exclusions,
+    nprobe: int | None = None,
+    workers: int | None = None,
+    gpu: bool | None = None,
+    stats: dict | None = None,
+    desc: str = "match",
+    window: int = 16,
+) -> Iterator[tuple[Block, pa.Table, np.ndarray, np.ndarray]]:
+    """Yield (block, query metadata, scores [n,k], global ids [n,k]) as blocks complete.
+
+    Each block keeps a running top-k merged from its shards' results (memory O(block*k)).
+    """
+    import ray
+
+    from cluster.runtime import task_env
+
+    res = ray.cluster_resources()
+    n_gpus = int(res.get("GPU", 0)) if gpu is not False else 0
+    if gpu and not n_gpus:
+        raise ConfigError("--gpu was asked for, but the Ray cluster has no GPU")
+    n_workers = workers or (n_gpus or max(1, int(res.get("CPU", 1))))
+    n_shards = len(info.shards)
+    task = ray.remote(search_task).options(
+        num_cpus=1, num_gpus=1 if n_gpus else 0, runtime_env=task_env(), max_retries=2
+    )
+    by_id = {b.id: b for b in blocks}
+    best: dict[int, list] = {}  # block id -> [meta, scores, ids, shards done]
+    pending: dict = {}
+    todo = iter(task_order(n_shards, blocks, window))
+    timing = {"load_s": 0.0, "read_s": 0.0, "search_s": 0.0}
+    bar = progress(None, total=sum(b.n for b in blocks), desc=desc, unit="query")
+    try:
+        while True:
+            while len(pending) < 2 * n_workers:
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                s, b = nxt
+                pending[task.remote(info.uri, info.version, s, b, k, exclude, nprobe, bool(n_gpus))] = b.id
+            if not pending:
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(ready[0])
+            try:
+                block_id, meta, d, g, t = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                raise _unwrap(e) from None
+            for key in timing:
+                timing[key] += t[key]
+            if block_id in best:
+                acc = best[block_id]
+                acc[1], acc[2] = matching.merge_topk([(acc[1], acc[2]), (d, g)], k)
+                acc[3] += 1
+            else:
+                best[block_id] = [meta, d, g, 1]
+            if best[block_id][3] == n_shards:
+                meta, d, g, _ = best.pop(block_id)
+                bar.update(by_id[block_id].n)
+                yield by_id[block_id], meta, d, g
+    finally:
+        bar.close()
+        for ref in pending:
+            ray.cancel(ref)
+    if stats is not None:
+        stats.update({key: round(v, 3) for key, v in timing.items()})
+        stats.update(workers=n_workers, gpus=n_gpus)
+
+
+def gallery_table(info: IndexInfo) -> pa.Table:
+    """Every indexed image's id, label and survey, row = global id (O(N), not O(N*k))."""
+    cols = ["image_id", "individual_id", "survey"]
+    tables = [
+        storage.read_parquet(info.shard_uri(i, ".ids.parquet"), columns=cols) for i in range(len(info.shards))
+    ]
+    return pa.concat_tables(tables).combine_chunks()
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def embeddings_ranges(uri: str) -> tuple[list[RowRange], int, str | None]:
+    """Row ranges of a committed embeddings output, with its dim and model_id (checked)."""
+    manifest.require_manifest(uri, job="embed")
+    files = storage.list_files(uri, suffix=".parquet")
+    if not files:
+        raise ReidError(f"{uri}: no embeddings part files; run `reid embed` first")
+    ranges, dim, model_ids = [], None, set()
+    for f in files:
+        fs, path = storage.resolve(f)
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            d = validate_embeddings(pf.schema_arrow, f)
+            if dim is not None and d != dim:
+                raise ReidError(f"{f}: embeddings of dim {d}, other files of {uri} have dim {dim}")
+            dim = d
+            rows = pf.metadata.num_rows
+            model_ids |= set(pf.read(columns=["model_id"]).column("model_id").unique().to_pylist())
+        if rows:
+            ranges.append(RowRange(f, 0, rows))
+    if len(model_ids) > 1:
+        raise ReidError(
+            f"{uri}: mixes embeddings of several models ({', '.join(sorted(map(str, model_ids)))})"
+        )
+    return ranges, int(dim), (model_ids.pop() if model_ids else None)
+
+
+def _plan_key(cfg: MatchConfig, info: IndexInfo, blocks: list[Block], nprobe: int) -> str:
+    key = {
+        "index": info.uri,
+        "version": info.version,
+        "k": cfg.k,
+        "exclude": [cfg.exclude_self, cfg.exclude_same_camera_day, cfg.across_surveys],
+        "nprobe": nprobe,
+        "blocks": [[[r.uri, r.start, r.stop] for r in b.ranges] for b in blocks],
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _part(out: str, kind: str, block_id: int) -> str:
+    return storage.join(out, kind, f"part-{block_id:05d}.parquet")
+
+
+def _prepare_output(cfg: MatchConfig, plan_key: str, decision_key: str) -> dict | None:
+    """Returns the existing manifest when this exact run is already committed; otherwise makes
+    OUT ready (stale parts of another plan removed, manifest first so readers stop trusting it)."""
+    m = manifest.ensure_writable_output(cfg.out, JOB, force=cfg.force)
+    plan_uri = storage.join(cfg.out, PLAN)
+    old = json.loads(storage.read_text(plan_uri)).get("key") if storage.exists(plan_uri) else None
+    if m and old == plan_key and m.get("decision_key") == decision_key:
+        return m
+    if old != plan_key or cfg.force:
+        storage.delete(storage.join(cfg.out, manifest.MANIFEST))
+        for kind in ("matches", "queries"):
+            storage.delete(storage.join(cfg.out, kind))
+        storage.write_text(plan_uri, json.dumps({"key": plan_key}))
+    return None
+
+
+def _read_parts(out: str, kind: str, n_blocks: int, columns: list[str] | None = None) -> pa.Table:
+    tables = [storage.read_parquet(_part(out, kind, b), columns=columns) for b in range(n_blocks)]
+    return pa.concat_tables(tables)
+
+
+def run(cfg: MatchConfig) -> dict:
+    """Match every query against the index; returns the summary."""
+    from cluster.runtime import connect
+
+    started, t0 = manifest.now(), time.perf_counter()
+    info = rindex.open_index(cfg.index)
+    if cfg.query is None:
+        ranges = [r for s in info.shards for r in s.ranges]
+        source = "all-vs-all"
+    else:
+        ranges, dim, model_id = embeddings_ranges(cfg.query)
+        rindex.check_compatible(info, model_id, dim, cfg.query)
+        source = cfg.query
+    blocks = blocks_from_ranges(ranges, cfg.query_block)
+    nprobe = cfg.nprobe or info.nprobe
+    threshold = cfg.threshold if cfg.threshold is not None else info.threshold
+    key = _plan_key(cfg, info, blocks, nprobe)
+    decision_key = json.dumps([threshold, cfg.use_labels])
+    existing = _prepare_output(cfg, key, decision_key)
+    if existing is not None:
+        return {**existing.get("summary", {}), "up_to_date": True}
+
+    todo = [b for b in blocks if not storage.exists(_part(cfg.out, "matches", b.id))]
+    connect(cfg.address, num_cpus=cfg.num_cpus)
+    gallery = gallery_table(info)
+    stats: dict = {}
+    t_knn = time.perf_counter()
+    for block, meta, d, g in knn(info, todo, cfg.k, cfg.exclusions(), nprobe, cfg.workers, cfg.gpu, stats):
+        storage.write_parquet(meta, _part(cfg.out, "queries", block.id))
+        storage.write_parquet(
+            matching.matches_table(meta, d, g, gallery), _part(cfg.out, "matches", block.id)
+        )
+    knn_s = time.perf_counter() - t_knn
+
+    queries = _read_parts(cfg.out, "queries", len(blocks))
+    matches = _read_parts(cfg.out, "matches", len(blocks))
+    decisions = matching.decide(queries, matches, threshold)
+    proposed = matching.group_new(decisions, matches, threshold)
+    storage.write_parquet(decisions, storage.join(cfg.out, "decisions.parquet"))
+    storage.write_parquet(proposed, storage.join(cfg.out, "new_individuals.parquet"))
+    n_q = len(queries)
+    summary = {
+        "queries": n_q,
+        "index_images": info.ntotal,
+        "matches": len(matches),
+        "k": cfg.k,
+        "factory": info.factory,
+        "nprobe": nprobe if "IVF" in info.factory else None,
+        "threshold": threshold,
+        "predicted_known": int(n_q - sum(decisions.column("is_new").to_pylist())),
+        "predicted_new": int(sum(decisions.column("is_new").to_pylist())),
+        "proposed_new_individuals": len(set(proposed.column("proposed_individual").to_pylist())),
+        "blocks": len(blocks),
+        "blocks_skipped": len(blocks) - len(todo),
+        "knn_s": round(knn_s, 3),
+        **stats,
+    }
+    done = sum(b.n for b in todo)
+    if todo and info.factory == "Flat":
+        summary["knn_gflops"] = round(2.0 * done * info.ntotal * info.dim / knn_s / 1e9, 2)
+    if threshold is None:
+        summary["note"] = (
+            "no threshold (index without labelled data): pass --threshold for new-individual calls"
+        )
+    if cfg.query is None:
+        identities = population.assign_identities(decisions, proposed, cfg.use_labels)
+        counts = population.survey_counts(identities)
+        history = population.capture_history(identities)
+        storage.write_parquet(identities, storage.join(cfg.out, "identities.parquet"))
+        storage.write_parquet(counts, storage.join(cfg.out, "population.parquet"))
+        storage.write_parquet(history, storage.join(cfg.out, "capture_history.parquet"))
+        storage.write_text(storage.join(cfg.out, "capture_history.csv"), population.to_csv(history))
+        storage.write_text(storage.join(cfg.out, "capture_history.inp"), population.to_mark_inp(history))
+        summary["individuals"] = len(history)
+        summary["surveys"] = counts.to_pylist()
+    summary["wall_s"] = round(time.perf_counter() - t0, 3)
+    manifest.write_manifest(
+        cfg.out,
+        JOB,
+        cfg.model_dump(),
+        [cfg.index] + ([cfg.query] if cfg.query else []),
+        {"queries": n_q, "matches": len(matches), "new": summary["predicted_new"]},
+        started,
+        index_version=info.version,
+        model_id=info.model_id,
+        threshold=threshold,
+        source=source,
+        summary=summary,
+        plan_key=key,
+        decision_key=decision_key,
+    )
+    return summary
+
+
+def read_matches(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """A committed matches output's matches table (refuses an uncommitted one)."""
+    manifest.require_manifest(uri, job=JOB)
+    files = storage.list_files(storage.join(uri, "matches"), suffix=".parquet")
+    return pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("match")
+    def match_cmd(
+        index: str = typer.Argument(..., metavar="INDEX", help="index path or s3:// URI"),
+        out: str = typer.Option(..., help="matches output (path or s3://)"),
+        k: int = typer.Option(10, help="neighbours per query"),
+        query: str = typer.Option(None, help="embeddings of new photos (default: all-vs-all over the index)"),
+        include_self: bool = typer.Option(False, help="keep each image's match with itself"),
+        exclude_same_camera_day: bool = typer.Option(
+            False, help="skip neighbours from the same camera and day"
+        ),
+        across_surveys: bool = typer.Option(False, help="match only images of other surveys"),
+        nprobe: int = typer.Option(None, help="IVF cells probed per query (default: the index's)"),
+        threshold: float = typer.Option(None, help="new-individual score threshold (default: the index's)"),
+        query_block: int = typer.Option(8192, help="queries per task"),
+        workers: int = typer.Option(None, help="searcher actors (default: one per CPU, or per GPU)"),
+        gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="GPU FAISS (default: when GPUs exist)"),
+        force: bool = typer.Option(False, help="recompute even a committed output"),
+        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
+        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
+    ):
+        """k-NN of every image (or of --query photos) in the index: matches, decisions, populations."""
+        try:
+            cfg = MatchConfig(
+                index=index,
+                out=out,
+                k=k,
+                query=query,
+                exclude_self=not include_self,
+                exclude_same_camera_day=exclude_same_camera_day,
+                across_surveys=across_surveys,
+                nprobe=nprobe,
+                threshold=threshold,
+                query_block=query_block,
+                workers=workers,
+                gpu=gpu,
+                force=force,
+                address=address,
+                num_cpus=num_cpus,
+            )
+        except ValueError as e:
+            raise ReidError(f"bad match options: {e}") from e
+        summary = run(cfg)
+        print_summary(JOB, summary)
+        for row in summary.get("surveys", []):
+            typer.echo(
+                f"survey {row['survey']}: seen {row['seen']}, resighted {row['resighted']}, new {row['new']}"
+            )
