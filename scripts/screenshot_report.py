@@ -15,6 +15,15 @@ CHROMIUM = os.environ.get("REID_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
+def shrink(path: Path, colors: int) -> None:
+    """Re-save a screenshot with an adaptive palette (a third of the bytes; fine for a README)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def screenshot(
     report: Path, out: Path, width: int = 1280, full_page: bool = True, max_height: int = 2600
 ) -> Path:
@@ -50,8 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", type=Path, help="PNG to write")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--max-height", type=int, default=2600, help="crop the page to this many pixels")
+    ap.add_argument("--colors", type=int, default=256, help="palette size of the PNG (0 = full colour)")
     a = ap.parse_args(argv)
-    print(screenshot(a.report_dir, a.out, a.width, max_height=a.max_height), file=sys.stderr)
+    out = screenshot(a.report_dir, a.out, a.width, max_height=a.max_height)
+    if a.colors:
+        shrink(out, a.colors)
+    print(f"{out} ({out.stat().st_size // 1024} KiB)", file=sys.stderr)
 
 
 if __name__ == "__main__":
