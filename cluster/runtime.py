@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -29,6 +30,12 @@ def task_env() -> dict:
     return {"env_vars": storage_env(include_secrets=_started_here)}
 
 
+def _submitted_job_env() -> dict:
+    """Environment variables of the Ray Jobs submission this driver runs in (empty outside one)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return ((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}) if raw else {}
+
+
 def connect(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -47,6 +54,8 @@ def connect(
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = {"env_vars": storage_env(include_secrets=address is None)}
     env["env_vars"].setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    for name in _submitted_job_env():  # Ray refuses a variable set by both the job and ray.init
+        env["env_vars"].pop(name, None)
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
     else:
