@@ -287,6 +287,8 @@ def exclusion_mask(
             cols.append(gi[_ranges(lo, n)])
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    other = data.ids[q][r] != data.ids[g][c]  # an image and itself: never a candidate anyway
+    r, c = r[other], c[other]
     mask = sparse.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(len(q), len(g)), dtype=bool)
     mask.sum_duplicates()
     return mask

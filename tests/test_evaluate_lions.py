@@ -47,3 +47,6 @@ def test_evaluate_equals_training_validation_on_lions_val(lions_dir, tmp_path):
     assert doc["accuracy@1"] == best["val_accuracy@1"]
     for key in ("accuracy@5", "accuracy@10", "map", "map@r"):
         assert doc[key] == pytest.approx(best[f"val_{key}"], abs=1e-3), key
+    # training drew the 2-D map of the validation embeddings before training and after each epoch
+    for epoch in (0, 1):
+        assert (tmp_path / "model" / "maps" / f"epoch-{epoch:04d}.png").read_bytes().startswith(b"\x89PNG")
