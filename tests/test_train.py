@@ -1,0 +1,165 @@
+"""`reid train`: real Ray Train workers on CPU, real timm models, a small generated archive."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from reid.archive import ArchiveWriter, stable_id
+from reid.errors import ConfigError
+
+pytestmark = pytest.mark.ray
+
+FAST = dict(
+    backbone="resnet10t", input_size=32, embedding_dim=32, p=2, k=2, augment=0.0, val_fraction=0.25,
+    val_exclude="none", lr_backbone=1e-3, lr_head=3e-3, warmup_epochs=0.0, cpus_per_worker=1,
+    workers=2, torch_threads=1, loss="contrastive", miner="none",
+)  # fmt: skip
+
+
+def _coat(ident: int, rng: np.random.Generator) -> Image.Image:
+    """An individual's coat: a few coloured discs at fixed places, drawn with a little jitter."""
+    g = np.random.default_rng(ident)
+    img = Image.new("RGB", (48, 48), tuple(int(v) for v in g.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x, y = g.integers(4, 40, 2) + rng.integers(-2, 3, 2)
+        r = int(g.integers(4, 9))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in g.integers(0, 255, 3)))
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (48, 48, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_archive(out: str, individuals: int = 8, per: int = 6, singletons: bool = False) -> str:
+    rng = np.random.default_rng(0)
+    w = ArchiveWriter(out)
+    for i in range(individuals):
+        for j in range(1 if singletons else per):
+            buf = io.BytesIO()
+            _coat(i, rng).save(buf, format="PNG")
+            w.add({"image_id": stable_id("t", str(i), str(j)), "image": buf.getvalue(), "individual_id": f"ind{i}",
+                   "source": f"ind{i}/{j}.png", "width": 48, "height": 48, "camera_id": f"c{j % 2}"})  # fmt: skip
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    return make_archive(str(tmp_path_factory.mktemp("arch") / "archive"))
+
+
+def test_bad_config_fails_before_any_worker(tmp_path, small_archive):
+    import ray
+
+    from jobs.train import make_config, run
+
+    out = str(tmp_path / "m")
+    with pytest.raises(ConfigError, match="resnet18"):
+        run(make_config(archive=small_archive, out=out, backbone="resnet18x"))
+    with pytest.raises(ConfigError, match="loss 'focal'"):
+        run(make_config(archive=small_archive, out=out, loss="focal"))
+    with pytest.raises(ConfigError, match="miner 'hardest'"):
+        run(make_config(archive=small_archive, out=out, miner="hardest"))
+    with pytest.raises(ConfigError, match="p=50"):
+        run(make_config(archive=small_archive, out=out, p=50))
+    singles = make_archive(str(tmp_path / "singles"), singletons=True)
+    with pytest.raises(ConfigError, match="no individual has 2 or more"):
+        run(make_config(archive=singles, out=out, loss="triplet"))
+    cfg_file = tmp_path / "train.toml"
+    cfg_file.write_text('[train]\nbackbone = "resnet10t"\nloss = "arcface"\nepochs = 3\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="bogus"):
+        make_config(str(cfg_file), archive=small_archive, out=out)
+    cfg_file.write_text("backbone: resnet10t\nloss: arcface\nepochs: 3\n")
+    cfg_file = cfg_file.rename(tmp_path / "train.yaml")
+    cfg = make_config(str(cfg_file), archive=small_archive, out=out, epochs=5)
+    assert (cfg.loss, cfg.epochs, cfg.miner) == ("arcface", 5, "semihard")
+    assert not ray.is_initialized()  # every failure above came before Ray started
+
+
+def test_two_workers_train_in_sync(tmp_path, small_archive, ray_local):
+    """ArcFace on 2 workers: the loss falls and both replicas (backbone, head and the ArcFace
+    weight matrix) hold identical weights after every epoch."""
+    from jobs.train import make_config, run
+    from reid.model import load_package
+
+    out = str(tmp_path / "model")
+    cfg = make_config(archive=small_archive, out=out, epochs=3, steps_per_epoch=5,
+                      **{**FAST, "loss": "arcface", "lr_loss": 0.05})  # fmt: skip
+    summary = run(cfg)
+    assert summary["epochs_run"] == 3 and summary["replicas_in_sync"] is True
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    losses = [r["loss"] for r in history if r["epoch"] > 0]
+    assert losses[-1] < losses[0], losses
+    assert history[0]["epoch"] == 0 and "val_accuracy@1" in history[0]  # the untrained baseline
+    assert all(r["replicas_in_sync"] for r in history)
+    model, spec = load_package(out)
+    assert spec.embedding_dim == 32 and spec.backbone == "resnet10t"
+    m = json.loads((tmp_path / "model" / "_manifest.json").read_text())
+    assert m["job"] == "train" and m["model_id"] == spec.model_id and m["config"]["loss"] == "arcface"
+    assert os.listdir(tmp_path / "model" / "tensorboard")
+    # The same command again: nothing to redo. Other settings under the same --out: refused by name.
+    assert run(cfg)["status"].startswith("already trained")
+    with pytest.raises(ConfigError, match="embedding_dim"):
+        run(make_config(archive=small_archive, out=out, **{**FAST, "loss": "arcface", "embedding_dim": 16}))
+
+
+def _train_worker_pids() -> list[int]:
+    """Live Ray Train worker processes of *this* test's Ray (descendants of this process; other
+    Ray instances on the machine are not ours to touch)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline()) or proc.name()
+        except psutil.Error:
+            continue
+        if "RayTrainWorker" in title:
+            pids.append(proc.pid)
+    return pids
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+def test_killed_worker_and_rerun_resume_from_checkpoints(tmp_path, small_archive, ray_local):
+    """A pair loss (negatives gathered from both workers); one worker is SIGKILLed after the first
+    checkpoint and the run finishes from it; then a re-run with more epochs resumes, not restarts."""
+    from jobs.train import make_config, run
+
+    out = tmp_path / "chaos"
+    cfg = make_config(
+        archive=small_archive, out=str(out), epochs=3, steps_per_epoch=8, max_failures=2, **FAST
+    )
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run(cfg)), daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    snapshot = out / "_ray" / "train" / "checkpoint_manager_snapshot.json"
+    while not (snapshot.exists() and "epoch-0001" in snapshot.read_text()):  # registered, not just written
+        assert thread.is_alive() and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.2)
+    pids = _train_worker_pids()
+    assert pids, "no live Ray Train worker to kill"
+    os.kill(pids[-1], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert result["epochs_run"] == 3 and result["replicas_in_sync"] is True
+    assert result["resumed_from_epochs"] and min(result["resumed_from_epochs"]) >= 1
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    losses = [r["loss"] for r in history if r["epoch"] > 0]
+    assert losses[-1] < losses[0], losses
+    # The same --out with more epochs: Ray restores the last checkpoint (epoch 3) and carries on.
+    more = run(
+        make_config(archive=small_archive, out=str(out), epochs=4, steps_per_epoch=8, max_failures=2, **FAST)
+    )
+    assert more["epochs_run"] == 4 and 3 in more["resumed_from_epochs"]
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [0, 1, 2, 3, 4]
