@@ -1,0 +1,381 @@
+"""`reid submit JOB ARGS... --address http://HEAD:8265` and `reid jobs list|status|logs|stop`.
+
+Before anything reaches the cluster, the job's own command parses ARGS into its config (the same
+validation as a local run), every input location is checked, and the submission id is derived
+from (job, config, inputs). Then the job is submitted through the Ray Jobs API as
+``python -m jobs.cli JOB ARGS...`` with a runtime_env carrying the code and the storage variables.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+
+import typer
+from pydantic import BaseModel
+
+from cluster import submit as jobs_api
+from reid import storage
+from reid.errors import ReidError
+from reid.manifest import read_manifest, scrub
+
+# Config fields that name outputs (never checked for existence); modules may say OUTPUTS = (...).
+_OUTPUT_NAMES = re.compile(r"^(out|output|out_.*|.*_out)$")
+# A value with a scheme other than these is a name (timm:resnet18, hf-hub:org/model), not a location.
+_NAME_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:(?!//)")
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs by command name
+
+
+def _modules() -> list[str]:
+    from jobs.cli import JOB_MODULES
+
+    return JOB_MODULES
+
+
+def command_names(module) -> list[str]:
+    """The command names a job module registers."""
+    app = typer.Typer()
+    module.register(app)
+    return [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+
+
+def job_module(job: str):
+    """The module whose ``register`` adds command ``job`` and that has ``run(config)``."""
+    known = []
+    for name in _modules():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        if not hasattr(module, "run"):
+            continue
+        names = command_names(module)
+        known += names
+        if job in names:
+            return module
+    raise ReidError(f"reid {job}: not a job that can be submitted; jobs: {', '.join(known)}")
+
+
+class _Captured(Exception):
+    def __init__(self, config):
+        self.config = config
+
+
+def parse_job_args(job: str, args: list[str]) -> tuple[object, BaseModel]:
+    """Run the job's own command line parsing up to ``run(config)``, and return that config.
+
+    The command validates its options exactly as a local run would (bad options raise the job's
+    own error); ``run`` is replaced for the call, so nothing of the job itself executes.
+    """
+    module = job_module(job)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _group() -> None:
+        """Holds the job's command."""
+
+    module.register(app)
+    original = module.run
+
+    def capture(config, *a, **kw):
+        raise _Captured(config)
+
+    module.run = capture
+    try:
+        typer.main.get_command(app).main(args=[job, *args], prog_name="reid", standalone_mode=False)
+    except _Captured as c:
+        if not isinstance(c.config, BaseModel):
+            raise ReidError(f"reid {job}: run() got a {type(c.config).__name__}, not a config") from None
+        return module, c.config
+    except ReidError as e:  # the job's own validation: keep its words, on one line
+        raise type(e)(one_line(str(e))) from None
+    except (typer.Exit, typer.Abort):
+        raise ReidError(f"reid {job}: nothing to submit") from None
+    except typer.TyperException as e:  # usage errors: missing argument, unknown option, bad value
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        raise ReidError(f"reid {job}: {message}") from None
+    finally:
+        module.run = original
+    if "--help" in args:
+        raise typer.Exit(0)  # the job's help was printed
+    raise ReidError(f"reid {job}: its command did not call run(config), so it cannot be submitted")
+
+
+def one_line(message: str) -> str:
+    """A multi-line error (pydantic's) as one line, without its links and error-type tags."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines if not ln.startswith("For further information"))
+    return re.sub(r" \[type=[^\]]*\]", "", text)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs of a config
+
+
+def is_location(value) -> bool:
+    """A string that names a place (path, file:// or s3:// URI) rather than a name or a number."""
+    if not isinstance(value, str) or not value:
+        return False
+    if value.startswith(("s3://", "file://")):
+        return True
+    if _NAME_SCHEME.match(value):
+        return False
+    return "/" in value or value.startswith(("~", "."))
+
+
+def locations(module, config: BaseModel) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(inputs, outputs) of a config as (field, location) pairs.
+
+    A module may name them (``INPUTS`` / ``OUTPUTS`` tuples of field names); otherwise outputs are
+    fields named like ``out`` and inputs are the other fields holding locations.
+    """
+    values = config.model_dump()
+    outputs = getattr(module, "OUTPUTS", None) or [k for k in values if _OUTPUT_NAMES.match(k)]
+    inputs = getattr(module, "INPUTS", None) or [k for k in values if k not in outputs]
+    pairs = lambda names: [(k, v) for k in names for v in _as_list(values.get(k)) if is_location(v)]  # noqa: E731
+    return pairs(inputs), pairs(outputs)
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def fingerprint(uri: str) -> dict:
+    """What identifies an input's current state: its manifest (job output) or size/mtime (a file)."""
+    import pyarrow.fs as pafs
+
+    m = read_manifest(uri)
+    if m:
+        return {"uri": uri, "job": m.get("job"), "ended_at": m.get("ended_at"), "counts": m.get("counts")}
+    fs, path = storage.resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return {"uri": uri, "size": info.size, "mtime": str(info.mtime)}
+    return {"uri": uri}
+
+
+def check_locations(job: str, inputs, outputs, check_inputs: bool = True) -> list[dict]:
+    """Refuse relative local paths and missing inputs; returns the inputs' fingerprints."""
+    for name, uri in [*inputs, *outputs]:
+        if not storage.is_s3(uri) and not os.path.isabs(os.path.expanduser(uri.removeprefix("file://"))):
+            raise ReidError(
+                f"reid {job}: {name} {uri!r} is a relative path, but a submitted job runs in its own working "
+                "directory on the cluster: pass an absolute path every node can see, or an s3:// URI"
+            )
+    prints = []
+    for name, uri in inputs:
+        if not check_inputs:
+            prints.append({"uri": uri})
+            continue
+        try:
+            found = storage.exists(uri)
+        except OSError as e:
+            raise ReidError(
+                f"reid {job}: cannot check input {name} {uri} from here ({e}); fix the storage settings "
+                "or pass --no-check-inputs when only the cluster can see it"
+            ) from e
+        if not found:
+            raise ReidError(f"reid {job}: input {name} {uri} does not exist; create it first or fix the path")
+        prints.append(fingerprint(uri))
+    return prints
+
+
+def prepare(
+    job: str,
+    args: list[str],
+    code: str = "workdir",
+    env_vars: dict[str, str] | None = None,
+    check_inputs: bool = True,
+    python: str = "python",
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: int | None = None,
+    resources: dict[str, float] | None = None,
+) -> tuple[jobs_api.JobSpec, list[tuple[str, str]]]:
+    """Validate a job's args and inputs and build its submission; returns (spec, local paths used)."""
+    module, config = parse_job_args(job, args)
+    inputs, outputs = locations(module, config)
+    prints = check_locations(job, inputs, outputs, check_inputs=check_inputs)
+    resolved = scrub(json.loads(json.dumps(config.model_dump(mode="json"), default=str)))
+    spec = jobs_api.JobSpec(
+        job=job,
+        args=list(args),
+        key=jobs_api.submission_key(job, resolved, prints),
+        runtime_env=jobs_api.runtime_env(code, env_vars),
+        python=python,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        memory=memory,
+        resources=resources,
+    )
+    local = [(n, u) for n, u in [*inputs, *outputs] if not storage.is_s3(u)]
+    return spec, local
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ReidError(f"--env {p!r}: expected NAME=VALUE")
+        k, v = p.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _parse_resources(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
+            raise ValueError
+    except ValueError as e:
+        raise ReidError(f"--entrypoint-resources {text!r}: expected JSON like '{{\"worker\": 1}}'") from e
+    return {str(k): float(v) for k, v in value.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _quiet() -> None:
+    """Ray's client logs (packaging, uploads, websockets) say what our own lines already say."""
+    import ray  # noqa: F401  (sets up the "ray" logger and its handlers)
+
+    ray_logger = logging.getLogger("ray")
+    for handler in ray_logger.handlers:  # Ray's SDK loggers set their own level INFO
+        handler.setLevel(logging.ERROR)
+
+
+_ADDRESS = typer.Option(
+    None,
+    "--address",
+    help="Ray dashboard (Jobs API), e.g. http://HEAD:8265 "
+    "(default: RAY_ADDRESS when http(s), else http://127.0.0.1:8265)",
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "submit",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def submit_cmd(
+        ctx: typer.Context,
+        job: str = typer.Argument(..., help="the job to run, e.g. embed; its arguments follow"),
+        address: str = _ADDRESS,
+        retries: int = typer.Option(0, min=0, help="re-submit a failed attempt up to N times (it resumes)"),
+        follow: bool = typer.Option(True, "--follow/--no-follow", help="stream the logs until the job ends"),
+        again: bool = typer.Option(False, help="submit even if the same job already succeeded"),
+        code: str = typer.Option(
+            "workdir",
+            help="workdir (upload this checkout) | packages | image (the cluster's image has the wheel)",
+        ),
+        env: list[str] = typer.Option(None, "--env", help="NAME=VALUE for the job (no secrets); repeatable"),
+        python: str = typer.Option("python", help="python on the cluster's nodes"),
+        entrypoint_num_cpus: float = typer.Option(None, help="CPUs reserved for the job's driver"),
+        entrypoint_num_gpus: float = typer.Option(None, help="GPUs reserved for the job's driver"),
+        entrypoint_memory: int = typer.Option(None, help="memory (bytes) reserved for the job's driver"),
+        entrypoint_resources: str = typer.Option(
+            None, help='custom resources for the driver, JSON: {"r": 1}'
+        ),
+        check_inputs: bool = typer.Option(
+            True, "--check-inputs/--no-check-inputs", help="check from here that every input exists"
+        ),
+    ):
+        """Submit a job to a Ray cluster through the Jobs API (e.g. `reid submit embed ARCHIVE --model M
+        --out OUT --address http://HEAD:8265`). Use `--` before job options that clash with these."""
+        _quiet()
+        spec, local = prepare(
+            job,
+            list(ctx.args),
+            code=code,
+            env_vars=_parse_env(env),
+            check_inputs=check_inputs,
+            python=python,
+            num_cpus=entrypoint_num_cpus,
+            num_gpus=entrypoint_num_gpus,
+            memory=entrypoint_memory,
+            resources=_parse_resources(entrypoint_resources),
+        )
+        cl = jobs_api.client(address)
+        if local and not jobs_api.is_local_address(address):
+            names = ", ".join(u for _, u in local)
+            typer.echo(
+                f"[reid] note: local path(s) {names} must be visible to every node (shared filesystem)"
+            )
+        outcome = jobs_api.submit(cl, spec, retries=retries, follow_logs=follow, again=again, echo=typer.echo)
+        if outcome.status in ("FAILED", "STOPPED"):
+            typer.secho(
+                f"{outcome.submission_id}: {outcome.status} after {outcome.attempts} attempt(s)"
+                + (f": {outcome.message}" if outcome.message else ""),
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(1)
+        if not follow:
+            typer.echo(f"follow it with: reid jobs logs {outcome.submission_id} --follow")
+
+    jobs = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
+    app.add_typer(jobs, name="jobs")
+
+    @jobs.command("list")
+    def list_cmd(
+        address: str = _ADDRESS,
+        all_: bool = typer.Option(False, "--all", help="include jobs not submitted by reid"),
+    ):
+        """The cluster's jobs, newest first."""
+        _quiet()
+        rows = jobs_api.list_jobs(jobs_api.client(address), everything=all_)
+        if not rows:
+            typer.echo("no jobs")
+        for r in rows:
+            dur = "" if r["duration_s"] is None else f"{r['duration_s']}s"
+            typer.echo(
+                f"{r['id']:<40} {r['status']:<10} {r['job']:<10} {r['attempt']:>3} {r['started']:<20} "
+                f"{dur:>8}  {r['message'][:60]}"
+            )
+
+    @jobs.command("status")
+    def status_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
+        """Status of one job: state, message, entrypoint, times."""
+        _quiet()
+        info = jobs_api.get(jobs_api.client(address), submission_id)
+        typer.echo(f"{submission_id}: {jobs_api.status_of(info)}")
+        for key in ("message", "entrypoint", "driver_node_id", "start_time", "end_time", "metadata"):
+            value = getattr(info, key, None)
+            if value:
+                typer.echo(f"  {key}: {value}")
+
+    @jobs.command("logs")
+    def logs_cmd(
+        submission_id: str = typer.Argument(..., metavar="ID"),
+        address: str = _ADDRESS,
+        follow_: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends"),
+    ):
+        """A job's logs (with --follow: until it ends; exit status 1 unless it succeeded)."""
+        _quiet()
+        cl = jobs_api.client(address)
+        jobs_api.get(cl, submission_id)
+        if not follow_:
+            typer.echo(cl.get_job_logs(submission_id), nl=False)
+            return
+        status = jobs_api.follow(cl, submission_id, echo=typer.echo)
+        typer.echo(f"[reid] {submission_id}: {status}")
+        if status != "SUCCEEDED":
+            raise typer.Exit(1)
+
+    @jobs.command("stop")
+    def stop_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
+        """Stop a running job (it keeps what it committed; re-submit to resume)."""
+        _quiet()
+        status = jobs_api.stop(jobs_api.client(address), submission_id)
+        typer.echo(f"{submission_id}: {status}")
