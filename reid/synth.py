@@ -203,11 +203,13 @@ def plan(config: SynthConfig) -> Plan:
                     if rng.random() < 0.85
                     else int(rng.integers(c.cameras))
                 )
-                seconds = int(rng.integers(86400 - 60))
+                night = bool(rng.random() < 0.2)  # camera traps fire day and night; night frames are IR
+                seconds = int(
+                    rng.integers(21 * 3600, 28 * 3600) if night else rng.integers(6 * 3600, 20 * 3600)
+                )
                 start = season_start + dt.timedelta(days=day, seconds=seconds)
-                hour = start.hour
-                night = hour < 6 or hour >= 20
                 view = "left" if rng.random() < 0.5 else "right"
+                wide = bool(rng.random() < c.wide_fraction)  # the framing is the burst's
                 t = start
                 for f in range(size):
                     raw.append(
@@ -220,7 +222,7 @@ def plan(config: SynthConfig) -> Plan:
                             viewpoint=view,
                             captured_at=t,
                             night=night,
-                            wide=bool(rng.random() < c.wide_fraction),
+                            wide=wide,
                         )
                     )
                     t = t + dt.timedelta(seconds=int(rng.integers(1, 4)))
@@ -318,7 +320,7 @@ class _Sprites:
             tail=r.uniform(0.85, 1.15),
             tint=r.normal(0, 0.035, 3),
             kind=r.choice(["spots", "stripes", "both"], p=[0.45, 0.25, 0.30]),
-            dark=r.uniform(0.78, 0.95),
+            dark=r.uniform(0.85, 0.95),
             size=r.uniform(0.75, 1.25),
         )
 
@@ -467,7 +469,9 @@ _PALETTE = np.array(
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A natural-looking textured background: gradient or noise base, grass strokes, rocks, blobs."""
-    cols = _PALETTE[rng.integers(len(_PALETTE), size=3)] * rng.uniform(0.75, 1.2, size=(3, 1))
+    cols = (_PALETTE[rng.integers(len(_PALETTE), size=3)] * rng.uniform(0.75, 1.2, size=(3, 1))).astype(
+        np.float32
+    )
     kind = rng.integers(3)
     if kind == 0:  # ground/sky-ish vertical gradient with a wavy horizon
         t = np.linspace(0, 1, h, dtype=np.float32)[:, None]
@@ -493,11 +497,11 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         a = rng.normal(-np.pi / 2, 0.4)
         c = tuple(int(v) for v in np.clip(cols[2] * rng.uniform(0.6, 1.3), 0, 255))
         d.line([(x, y), (x + ln * np.cos(a), y + ln * np.sin(a))], fill=c, width=int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(0, 8))):  # rocks and dark blobs, some spot-sized (distractors)
+    for _ in range(int(rng.integers(0, 5))):  # rocks and blobs
         x, y = rng.uniform(0, w), rng.uniform(0, h)
-        r = rng.uniform(0.01, 0.12) * w
+        r = rng.uniform(0.03, 0.14) * w
         c = tuple(
-            int(v) for v in np.clip(_PALETTE[rng.integers(len(_PALETTE))] * rng.uniform(0.3, 1.1), 0, 255)
+            int(v) for v in np.clip(_PALETTE[rng.integers(len(_PALETTE))] * rng.uniform(0.5, 1.1), 0, 255)
         )
         d.ellipse([x - r, y - r * rng.uniform(0.5, 1), x + r, y + r * rng.uniform(0.5, 1)], fill=c)
     return np.asarray(img, dtype=np.float32)
@@ -515,9 +519,9 @@ def _occlude(rng: np.random.Generator, img: Image.Image, box: tuple[float, float
         d.line(
             [(x0, y - 5 + rng.uniform(-0.2, 0.6) * bh), (x0 + np.tan(a) * bh * 1.5, y + bh * 1.5)],
             fill=c,
-            width=int(rng.integers(2, max(3, int(0.08 * bw)))),
+            width=int(rng.integers(2, max(3, int(0.05 * bw)))),
         )
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         cx, cy = x + rng.uniform(0, bw), y + rng.uniform(0.3, 1.1) * bh
         r = rng.uniform(0.06, 0.16) * bw
         c = tuple(int(v) for v in np.clip(col * rng.uniform(0.8, 1.3), 0, 255))
@@ -603,34 +607,33 @@ def render(c: SynthConfig, sgt: Sighting, sprites: _Sprites | None = None) -> tu
         box = (float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1))
 
     # lighting: exposure, colour cast, a directional gradient, sometimes dappled sun
-    light = br.uniform(0.55, 1.35) * br.uniform(0.85, 1.15, size=3)
-    yy, xx = np.mgrid[0:fh, 0:fw].astype(np.float32)
+    light = (br.uniform(0.7, 1.3) * br.uniform(0.88, 1.12, size=3)).astype(np.float32)
+    yy, xx = np.ogrid[0:fh, 0:fw]
+    yy, xx = yy.astype(np.float32) / fh - 0.5, xx.astype(np.float32) / fw - 0.5
     ga = br.uniform(0, 2 * np.pi)
-    grad = 1 + br.uniform(0, 0.45) * ((xx / fw - 0.5) * np.cos(ga) + (yy / fh - 0.5) * np.sin(ga))
-    img = img * light[None, None, :] * grad[..., None]
-    if br.random() < 0.35:
+    grad = 1 + np.float32(br.uniform(0, 0.4)) * (xx * np.float32(np.cos(ga)) + yy * np.float32(np.sin(ga)))
+    img = img * light * grad[..., None]
+    if br.random() < 0.25:
         dapple = _value_noise(br, fh, fw, max(4, fw // 10))
-        img = img * (0.75 + 0.6 * (dapple > br.uniform(0.45, 0.6)))[..., None]
+        img = img * (0.85 + 0.3 * (dapple > br.uniform(0.45, 0.6)))[..., None]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-    if br.random() < 0.6:
+    if br.random() < 0.45:
         _occlude(br, out, box)
     if sgt.night:  # infrared flash: grey, bright centre, noisier
-        g = np.asarray(out.convert("L"), dtype=np.float32)
-        fall = 1.25 - 0.7 * (((xx / fw - 0.5) ** 2 + (yy / fh - 0.5) ** 2) ** 0.5)
-        arr = np.repeat((g * fall * br.uniform(0.8, 1.3))[..., None], 3, axis=2)
-        sigma = fr.uniform(5, 14)
+        fall = 1.2 - 0.6 * np.sqrt(xx**2 + yy**2)
+        arr = np.asarray(out.convert("L"), dtype=np.float32) * fall * np.float32(br.uniform(0.85, 1.25))
+        sigma = fr.uniform(3, 8)
     else:
         arr = np.asarray(out, dtype=np.float32)
-        sigma = fr.uniform(1, 8)
-    gamma = br.uniform(0.8, 1.25)
-    arr = 255.0 * (np.clip(arr, 0, 255) / 255.0) ** gamma
-    arr = arr + fr.normal(0, sigma, size=arr.shape)
-    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    blur = fr.uniform(0, 1.3) if br.random() < 0.55 else 0.0
-    if blur > 0.2:
-        out = out.filter(ImageFilter.GaussianBlur(blur))
+        sigma = fr.uniform(1, 5)
+    arr = arr + fr.standard_normal(arr.shape, dtype=np.float32) * np.float32(sigma)
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
+    gamma = br.uniform(0.85, 1.2)
+    out = out.point([int(round(255 * (i / 255) ** gamma)) for i in range(256)] * 3)
+    if br.random() < 0.4:
+        out = out.filter(ImageFilter.GaussianBlur(fr.uniform(0.3, 0.9)))
     buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=int(fr.integers(72, 95)))
+    out.save(buf, format="JPEG", quality=int(fr.integers(80, 95)))
     bbox = {"x": box[0], "y": box[1], "w": box[2], "h": box[3]}
     return buf.getvalue(), bbox, fw, fh
 

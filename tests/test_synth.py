@@ -89,7 +89,12 @@ def test_bursts_share_camera_and_are_seconds_apart(survey):
     assert any(len(b) > 1 for b in bursts.values())
     for frames in bursts.values():
         frames.sort(key=lambda t: t["frame"])
-        assert len({(f["camera_id"], f["individual_id"], f["survey"], f["viewpoint"]) for f in frames}) == 1
+        assert (
+            len(
+                {(f["camera_id"], f["individual_id"], f["survey"], f["viewpoint"], f["wide"]) for f in frames}
+            )
+            == 1
+        )
         gaps = [
             (b["captured_at"] - a["captured_at"]).total_seconds()
             for a, b in zip(frames, frames[1:], strict=False)
@@ -168,47 +173,42 @@ def test_bad_options_are_config_errors():
         synth.SynthConfig(unlabeled_fraction=1.0)
 
 
-def test_cli_runs_and_a_rerun_does_not_duplicate(tmp_path):
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the `reid` command line in-process (a subprocess costs seconds of imports)."""
+    from jobs.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_runs_and_a_rerun_does_not_duplicate(tmp_path, capsys):
     out = str(tmp_path / "cli")
-    args = [
-        REID,
-        "synth",
-        out,
-        "--individuals",
-        "4",
-        "--years",
-        "2",
-        "--images-per-individual",
-        "3",
-        "--seed",
-        "7",
-    ]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    args = ["synth", out, "--individuals", "4", "--years", "2", "--images-per-individual", "3", "--seed", "7"]
+    first = subprocess.run([REID, *args], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
+    assert "ground truth" in first.stdout
     ids = archive.read_archive(out, columns=["image_id"]).column("image_id").to_pylist()
     files = archive.archive_files(out)
-    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    code, _, err = cli(args, capsys)
+    assert code == 0, err
     assert archive.archive_files(out) == files
-    assert sorted(archive.read_archive(out, columns=["image_id"]).column("image_id").to_pylist()) == sorted(
-        ids
-    )
+    again = archive.read_archive(out, columns=["image_id"]).column("image_id").to_pylist()
+    assert sorted(again) == sorted(ids)
     assert manifest.read_manifest(out)["counts"]["written"] == 0
-    changed = subprocess.run(args[:-1] + ["8"], capture_output=True, text=True, timeout=120)
-    assert changed.returncode == 2 and "other options (seed)" in changed.stderr
-    bad = subprocess.run(
-        [REID, "synth", str(tmp_path / "x"), "--unlabeled-fraction", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "unlabeled" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    code, _, err = cli(args[:-1] + ["8"], capsys)
+    assert code == 2 and "other options (seed)" in err
+    code, _, err = cli(["synth", str(tmp_path / "x"), "--unlabeled-fraction", "1.5"], capsys)
+    assert code == 2 and err.startswith("error:") and "unlabeled" in err and "Traceback" not in err
 
 
-def test_cli_help():
-    r = subprocess.run([REID, "synth", "--help"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--individuals" in r.stdout and "--unlabeled-fraction" in r.stdout
+def test_cli_help(capsys):
+    code, out, _ = cli(["synth", "--help"], capsys)
+    assert code == 0 and "--individuals" in out and "--unlabeled-fraction" in out
 
 
 def test_a_resumed_run_renders_only_the_missing_images(tmp_path):
