@@ -95,9 +95,9 @@ def needs_training(factory: str, dim: int) -> bool:
 
 
 def train_sample_size(factory: str, n: int) -> int:
-    """Rows to train on: 64 per IVF cell (PQ needs ~256 per centroid), never more than N."""
+    """Rows to train on: 40 per IVF cell (FAISS wants >= 39), 16k+ for PQ codebooks; at most N."""
     m = re.search(r"IVF(\d+)", factory)
-    want = 64 * int(m.group(1)) if m else 0
+    want = 40 * int(m.group(1)) if m else 0
     if "PQ" in factory:
         want = max(want, 256 * 64)
     return int(min(n, max(want, 10_000)))
