@@ -1,0 +1,562 @@
+"""`reid serve --index INDEX --model MODEL`: an interactive review page on 127.0.0.1.
+
+Drop a photo (or pick a built-in example from the archive) and see the top-k candidate
+individuals with thumbnails and scores, or "likely a new individual" when the best labelled score
+is under the index's calibrated threshold. A reviewer marks a candidate "same" or "different",
+or the photo "new"; decisions go to ``INDEX/_reviews/`` (:mod:`reid.review`) for the next build.
+
+One process: FastAPI + uvicorn, the model and every index shard loaded once. That is all one
+reviewer (or a few) needs for interactive latency; Ray Serve would add a cluster for nothing
+here, and stays a later step should many users share one deployment.
+
+Safety: uploads are read into memory (never written to disk), capped in bytes before and while
+reading and in pixels before decoding, and refused with a message when they are not images.
+Thumbnails are looked up by ``image_id`` in the index's id table; nothing from a request is ever
+used as a filesystem path, and the page's own files come from a fixed table.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import ipaddress
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from reid import archive, imageio, manifest, matching, review, storage
+from reid import index as rindex
+from reid.errors import ConfigError, ReidError
+
+JOB = "serve"
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = {  # URL path -> (file in jobs/static, media type): the only files the page serves
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+UPLOAD_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}
+MB = 1024 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class ServeConfig(BaseModel):
+    index: str = Field(description="index path or s3:// URI (the version in service)")
+    model: str = Field(description="the model package the index was built with")
+    archive: list[str] | None = Field(None, description="archives for thumbnails (default: from lineage)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    k: int = Field(5, ge=1, le=50, description="candidate individuals shown")
+    threshold: float | None = Field(None, description="override the index's calibrated threshold")
+    max_upload_bytes: int = Field(10 * MB, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1024, le=imageio.MAX_PIXELS)
+    examples: int = Field(6, ge=0, le=48, description="built-in example photos from the archive")
+    thumb_size: int = Field(192, ge=32, le=1024)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# The archive, by image_id
+
+
+class ArchiveLookup:
+    """image_id -> (file, row group, row) over one or more archives; reads one row group per fetch."""
+
+    def __init__(self, uris: list[str], wanted: set[str] | None = None):
+        self.uris = uris
+        self.files: list[str] = []
+        self.where: dict[str, tuple[int, int, int]] = {}
+        for uri in uris:
+            for f in archive.archive_files(uri):
+                fs, path = storage.resolve(f)
+                with fs.open_input_file(path) as fh:
+                    pf = pq.ParquetFile(fh)
+                    archive._validate_projection(pf.schema_arrow, ["image", "bbox"], f)
+                    fi = len(self.files)
+                    self.files.append(f)
+                    for rg in range(pf.metadata.num_row_groups):
+                        ids = pf.read_row_group(rg, columns=["image_id"]).column("image_id").to_pylist()
+                        for row, image_id in enumerate(ids):
+                            if wanted is None or image_id in wanted:
+                                self.where.setdefault(image_id, (fi, rg, row))
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.where
+
+    def get(self, image_id: str) -> dict:
+        """The archive row's ``image`` bytes and ``bbox``."""
+        fi, rg, row = self.where[image_id]
+        fs, path = storage.resolve(self.files[fi])
+        with fs.open_input_file(path) as fh:
+            t = pq.ParquetFile(fh).read_row_group(rg, columns=["image", "bbox"])
+        return {"image": t.column("image")[row].as_py(), "bbox": t.column("bbox")[row].as_py()}
+
+
+def lineage_archives(info: rindex.IndexInfo) -> list[str]:
+    """The archives the index's embeddings were computed from (their embed manifests say)."""
+    out = []
+    for src in info.sources:
+        m = manifest.read_manifest(src) or {}
+        uri = (m.get("config") or {}).get("archive")
+        if uri and uri not in out:
+            out.append(uri)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The matcher: one model, every shard, in this process
+
+
+class Matcher:
+    """Embeds one photo with the index's model and finds its candidate individuals (no Ray)."""
+
+    def __init__(self, cfg: ServeConfig):
+        import torch
+
+        from reid.model import load_package
+
+        self.cfg = cfg
+        self.info = rindex.open_index(cfg.index)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.spec = load_package(cfg.model, map_location=self.device)
+        rindex.check_compatible(self.info, self.spec.model_id, self.spec.embedding_dim, cfg.model)
+        self.threshold = cfg.threshold if cfg.threshold is not None else self.info.threshold
+        self.shards = []
+        tables = []
+        for i, s in enumerate(self.info.shards):
+            index, ids = rindex.load_shard(self.info, i)
+            self.shards.append((index, matching.GalleryMeta(ids), s.offset))
+            tables.append(ids)
+        self.gallery = pa.concat_tables(tables).combine_chunks()
+        self.row_of = {v: i for i, v in enumerate(self.gallery.column("image_id").to_pylist())}
+        labels = self.gallery.column("individual_id")
+        self.n_images = {d["values"]: d["counts"] for d in labels.drop_null().value_counts().to_pylist()}
+        uris = cfg.archive or lineage_archives(self.info)
+        if not uris:
+            raise ReidError(
+                f"{cfg.index}: cannot tell which archive the index was built from (no embed manifest "
+                "names one); pass --archive ARCHIVE for the thumbnails"
+            )
+        self.archive = ArchiveLookup(uris, wanted=set(self.row_of))
+        self.examples = self._pick_examples(cfg.examples, cfg.seed)
+        self._lock = threading.Lock()
+
+    # -- queries
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [S, S, 3] (from reid.preprocess.decode_for_model) -> L2-normalised [1, d]."""
+        import torch
+
+        from reid.preprocess import normalize
+
+        with torch.inference_mode():
+            x = normalize(pixels[None].copy(), self.spec.mean, self.spec.std, self.device)
+            return self.model(x).float().cpu().numpy()
+
+    def search(self, vec: np.ndarray, query_meta: pa.Table | None, k: int) -> list[dict]:
+        """The best neighbour of each of the ``k`` most similar labelled individuals (one query)."""
+        exclude = (
+            matching.Exclusions(self_match=True, same_camera_day=True)
+            if query_meta is not None
+            else matching.Exclusions(self_match=False)
+        )
+        ntotal = self.info.ntotal
+        depth = min(ntotal, max(4 * k, 32))
+        while True:
+            parts = []
+            for index, meta, offset in self.shards:
+                d, i = matching.search_shard(index, vec, depth, query_meta, meta, exclude, self.info.nprobe)
+                parts.append((d, matching.to_global(i, offset)))
+            scores, gids = matching.merge_topk(parts, depth)
+            found = self._group(scores[0], gids[0], k)
+            if len(found) >= k or depth >= ntotal:
+                return found
+            depth = min(ntotal, depth * 4)
+
+    def _group(self, scores: np.ndarray, gids: np.ndarray, k: int) -> list[dict]:
+        labels = self.gallery.column("individual_id")
+        ids = self.gallery.column("image_id")
+        out: dict[str, dict] = {}
+        for s, g in zip(scores.tolist(), gids.tolist(), strict=True):
+            if g < 0:
+                continue
+            ind = labels[g].as_py()
+            if ind is None:
+                continue
+            if ind not in out:
+                if len(out) == k:
+                    continue
+                out[ind] = {"individual_id": ind, "score": s, "image_id": ids[g].as_py(), "images": []}
+            if len(out[ind]["images"]) < 3:
+                out[ind]["images"].append({"image_id": ids[g].as_py(), "score": s})
+        for rank, c in enumerate(out.values(), start=1):
+            c["rank"] = rank
+            c["n_images"] = self.n_images.get(c["individual_id"], 0)
+        return list(out.values())
+
+    def query(self, pixels: np.ndarray, query_meta: pa.Table | None = None, k: int | None = None) -> dict:
+        t0 = time.perf_counter()
+        with self._lock:
+            vec = self.embed(pixels)
+            t1 = time.perf_counter()
+            cands = self.search(vec, query_meta, k or self.cfg.k)
+        t2 = time.perf_counter()
+        best = cands[0]["score"] if cands else None
+        is_new = best is None or (self.threshold is not None and best < self.threshold)
+        return {
+            "candidates": cands,
+            "best_score": best,
+            "threshold": self.threshold,
+            "is_new": bool(is_new),
+            "timing_ms": {"embed": round(1e3 * (t1 - t0), 2), "search": round(1e3 * (t2 - t1), 2)},
+        }
+
+    # -- archive photos
+
+    def archive_pixels(self, image_id: str) -> tuple[np.ndarray | None, str | None]:
+        from reid.preprocess import decode_for_model
+
+        row = self.archive.get(image_id)
+        return decode_for_model(row["image"], row["bbox"], self.spec.input_size)
+
+    def query_meta(self, image_id: str) -> pa.Table:
+        return self.gallery.slice(self.row_of[image_id], 1)
+
+    def thumbnail(self, image_id: str) -> bytes:
+        from PIL import Image
+
+        row = self.archive.get(image_id)
+        dec = imageio.decode(row["image"], row["bbox"], target_size=self.cfg.thumb_size)
+        if not dec.ok:
+            raise ReidError(f"{image_id}: {dec.reason}")
+        img = dec.image
+        img.thumbnail((self.cfg.thumb_size, self.cfg.thumb_size), Image.Resampling.LANCZOS)
+        return imageio.encode_jpeg(img, quality=85)
+
+    def _pick_examples(self, n: int, seed: int) -> list[dict]:
+        """``n`` archive photos of distinct individuals that have other photos in the index."""
+        if n == 0:
+            return []
+        labels = self.gallery.column("individual_id").to_pylist()
+        ids = self.gallery.column("image_id").to_pylist()
+        rng = np.random.default_rng(seed)
+        by_ind: dict[str, list[str]] = collections.defaultdict(list)
+        for image_id, ind in zip(ids, labels, strict=True):
+            if ind is not None and self.n_images.get(ind, 0) >= 2 and image_id in self.archive:
+                by_ind[ind].append(image_id)
+        names = sorted(by_ind)
+        picked = [names[i] for i in rng.permutation(len(names))[:n]]
+        return [{"image_id": by_ind[name][rng.integers(len(by_ind[name]))], "individual_id": name}
+                for name in sorted(picked)]  # fmt: skip
+
+    def describe(self) -> dict:
+        return {
+            "index": self.cfg.index,
+            "version": self.info.version,
+            "images": self.info.ntotal,
+            "individuals": len(self.n_images),
+            "factory": self.info.factory,
+            "model_id": self.spec.model_id,
+            "backbone": self.spec.backbone,
+            "threshold": self.threshold,
+            "threshold_source": "override" if self.cfg.threshold is not None else "calibrated with the index",
+            "calibration": self.info.calibration,
+            "k": self.cfg.k,
+            "max_upload_bytes": self.cfg.max_upload_bytes,
+            "max_pixels": self.cfg.max_pixels,
+            "device": self.device,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads
+
+
+class UploadError(Exception):
+    """An upload refused with an HTTP status and a message for the page."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def check_upload(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Refuse what is not a supported image, or is too large in pixels, before decoding pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UploadError(400, "empty upload: choose a photo file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            fmt, (w, h) = img.format, img.size
+    except UnidentifiedImageError:
+        raise UploadError(415, "not an image: upload a photo (JPEG, PNG, WebP, TIFF, BMP or GIF)") from None
+    except Exception as e:  # noqa: BLE001 - a broken header is the user's file, not our bug
+        raise UploadError(415, f"unreadable image ({type(e).__name__}): upload another photo") from None
+    if fmt not in UPLOAD_FORMATS:
+        raise UploadError(415, f"{fmt} images are not accepted: upload a JPEG, PNG, WebP, TIFF, BMP or GIF")
+    if w * h > max_pixels:
+        raise UploadError(
+            413, f"image too large: {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,}; downscale it"
+        )
+    return fmt, w, h
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+
+
+class Decision(BaseModel):
+    query_id: str = Field(max_length=300)
+    decision: Literal["same", "different", "new"]
+    individual_id: str | None = Field(None, max_length=64)
+    reviewer: str | None = Field(None, max_length=64)
+    note: str | None = Field(None, max_length=500)
+
+
+class RecentQueries:
+    """The last queries answered, so a decision is recorded with what the page was shown."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self._items: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, query_id: str, item: dict) -> None:
+        with self._lock:
+            self._items[query_id] = item
+            self._items.move_to_end(query_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, query_id: str) -> dict | None:
+        with self._lock:
+            return self._items.get(query_id)
+
+
+def create_app(
+    index: str,
+    model: str,
+    archive: list[str] | str | None = None,
+    **options,
+):
+    """The FastAPI app for one index and its model (loaded now, once)."""
+    if isinstance(archive, str):
+        archive = [archive]
+    cfg = ServeConfig(index=index, model=model, archive=archive, **options)
+    matcher = Matcher(cfg)
+    recent = RecentQueries()
+    thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+    thumbs_lock = threading.Lock()
+    app = FastAPI(title="reid serve", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.state.matcher = matcher
+    app.state.config = cfg
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def page(path: str):
+        name, media = PAGES[path]
+
+        async def serve_page() -> Response:
+            return Response(
+                (STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"}
+            )
+
+        return serve_page
+
+    for path in PAGES:
+        app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
+
+    @app.get("/api/info")
+    def info() -> dict:
+        examples = [{**e, "thumb": f"/thumb/{e['image_id']}"} for e in matcher.examples]
+        return {**matcher.describe(), "examples": examples}
+
+    def answer(query_id: str, sha: str, image_id: str | None, result: dict, **extra) -> dict:
+        recent.put(query_id, {"sha256": sha, "image_id": image_id, **result})
+        for c in result["candidates"]:
+            c["thumb"] = f"/thumb/{c['image_id']}"
+            for im in c["images"]:
+                im["thumb"] = f"/thumb/{im['image_id']}"
+        return {"query_id": query_id, "sha256": sha, "image_id": image_id, **result, **extra}
+
+    @app.post("/api/query")
+    async def query(request: Request):
+        """The request body is the photo's bytes (any image type; no multipart needed)."""
+        t0 = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes:
+            return error(
+                413, f"upload too large: {int(declared):,} bytes, the limit is {cfg.max_upload_bytes:,}"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cfg.max_upload_bytes:
+                return error(413, f"upload too large: over the {cfg.max_upload_bytes:,}-byte limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        try:
+            fmt, w, h = check_upload(data, cfg.max_pixels)
+        except UploadError as e:
+            return error(e.status, e.message)
+        from reid.preprocess import decode_for_model
+
+        t1 = time.perf_counter()
+        pixels, reason = await run_in_threadpool(decode_for_model, data, None, matcher.spec.input_size)
+        if pixels is None:
+            return error(422, f"could not decode this {fmt} image ({reason}): upload another photo")
+        t2 = time.perf_counter()
+        result = await run_in_threadpool(matcher.query, pixels)
+        sha = hashlib.sha256(data).hexdigest()
+        result["timing_ms"].update(
+            read=round(1e3 * (t1 - t0), 2), decode=round(1e3 * (t2 - t1), 2),
+            total=round(1e3 * (time.perf_counter() - t0), 2),
+        )  # fmt: skip
+        return answer(sha, sha, None, result, width=w, height=h, format=fmt)
+
+    @app.post("/api/example/{image_id}")
+    async def example(image_id: str):
+        """Query with an archive photo; the photo itself and its burst are excluded."""
+        t0 = time.perf_counter()
+        if image_id not in matcher.row_of or image_id not in matcher.archive:
+            return error(404, "no such archive image")
+        pixels, reason = await run_in_threadpool(matcher.archive_pixels, image_id)
+        if pixels is None:
+            return error(422, f"archive image {image_id} does not decode: {reason}")
+        meta = matcher.query_meta(image_id)
+        result = await run_in_threadpool(matcher.query, pixels, meta)
+        result["timing_ms"]["total"] = round(1e3 * (time.perf_counter() - t0), 2)
+        row = matcher.archive.get(image_id)
+        sha = hashlib.sha256(row["image"]).hexdigest()
+        truth = meta.column("individual_id")[0].as_py()
+        return answer(f"image:{image_id}", sha, image_id, result, archive_label=truth)
+
+    @app.get("/thumb/{image_id}")
+    async def thumb(image_id: str):
+        if image_id not in matcher.row_of or image_id not in matcher.archive:
+            return error(404, "no such archive image")
+        with thumbs_lock:
+            data = thumbs.get(image_id)
+        if data is None:
+            try:
+                data = await run_in_threadpool(matcher.thumbnail, image_id)
+            except ReidError as e:
+                return error(422, str(e))
+            with thumbs_lock:
+                thumbs[image_id] = data
+                while len(thumbs) > 4096:
+                    thumbs.popitem(last=False)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/decision")
+    def decision(d: Decision):
+        q = recent.get(d.query_id)
+        if q is None:
+            return error(404, "unknown or expired query: run the query again, then decide")
+        cand = None
+        if d.decision in ("same", "different"):
+            cand = next((c for c in q["candidates"] if c["individual_id"] == d.individual_id), None)
+            if cand is None:
+                return error(400, f"{d.individual_id!r} is not a candidate of this query")
+        try:
+            rec = review.record(
+                cfg.index, d.decision, q["sha256"],
+                individual_id=d.individual_id,
+                query_image_id=q["image_id"],
+                candidate_image_id=cand["image_id"] if cand else None,
+                score=cand["score"] if cand else q["best_score"],
+                threshold=q["threshold"], model_id=matcher.spec.model_id,
+                index_version=matcher.info.version, reviewer=d.reviewer, note=d.note,
+            )  # fmt: skip
+        except ReidError as e:
+            return error(400, str(e))
+        return {"stored": rec}
+
+    @app.get("/api/reviews")
+    def reviews(limit: int = 20) -> dict:
+        t = review.read_reviews(cfg.index)
+        rows = t.slice(max(0, len(t) - max(0, min(limit, 500)))).to_pylist()
+        for r in rows:
+            r["decided_at"] = r["decided_at"].isoformat()
+        return {"count": len(t), "reviews": rows[::-1]}
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        index: str = typer.Option(..., help="index path or s3:// URI"),
+        model: str = typer.Option(..., help="the model package the index was built with"),
+        archive_uri: list[str] = typer.Option(None, "--archive", help="archive(s) for thumbnails "
+                                              "(default: the ones the index's embeddings came from)"),
+        host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+        port: int = typer.Option(8000, help="port to listen on"),
+        k: int = typer.Option(5, help="candidate individuals shown per query"),
+        threshold: float = typer.Option(None, help="override the index's calibrated new-individual threshold"),
+        max_upload_mb: float = typer.Option(10.0, help="largest upload accepted, in MB"),
+        max_megapixels: float = typer.Option(40.0, help="largest upload accepted, in megapixels"),
+        examples: int = typer.Option(6, help="example photos picked from the archive"),
+    ):  # fmt: skip
+        """Serve the interactive review page: drop a photo, see its candidate individuals."""
+        import uvicorn
+
+        try:
+            options = dict(host=host, port=port, k=k, threshold=threshold, examples=examples,
+                           max_upload_bytes=int(max_upload_mb * MB), max_pixels=int(max_megapixels * 1e6))  # fmt: skip
+            ServeConfig(index=index, model=model, **options)
+        except ValueError as e:
+            raise ConfigError(f"bad serve options: {e}") from e
+        if not _is_loopback(host):
+            typer.secho(
+                f"warning: listening on {host}: anyone who can reach it can query the archive and record "
+                "decisions (there is no login)", fg=typer.colors.YELLOW, err=True,
+            )  # fmt: skip
+        options.pop("host"), options.pop("port")
+        web = create_app(index, model, archive_uri or None, **options)
+        m = web.state.matcher
+        typer.echo(
+            f"index {index} (version {m.info.version}, {m.info.ntotal} images, {len(m.n_images)} "
+            f"individuals), threshold {m.threshold}"
+        )
+        typer.echo(
+            f"Open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)"
+        )
+        uvicorn.run(web, host=host, port=port, log_level="warning")

@@ -1,0 +1,185 @@
+"""Reviewer decisions on served queries, stored next to the index for the next build to use.
+
+A reviewer looks at a query photo and its candidate individuals and decides: ``same`` (the photo
+shows this candidate), ``different`` (it does not), or ``new`` (an individual not in the archive).
+Each decision is one small JSON object, written atomically under ``INDEX/_reviews/decisions/``
+and never rewritten (append-only; one object per decision also works on S3, which cannot
+append). The ``_`` prefix keeps them out of every Parquet reader of the index.
+
+A query is identified by the SHA-256 of the uploaded bytes, and by its ``image_id`` when it is an
+archive photo. :func:`confirmed_labels` turns the log into labels (the latest ``same``/``new``
+per query, unless later retracted by ``different``); :func:`rejected_pairs` gives the query/individual pairs a reviewer ruled out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reid import storage
+from reid.errors import ReidError
+
+REVIEWS = "_reviews"
+DECISIONS_DIR = "decisions"
+DECISIONS = ("same", "different", "new")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,63}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+REVIEW_SCHEMA = pa.schema(
+    [
+        pa.field("review_id", pa.string(), nullable=False),
+        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),  # same / different / new
+        pa.field("query_sha256", pa.string(), nullable=False),
+        pa.field("query_image_id", pa.string()),  # set when the query is an archive photo
+        pa.field("individual_id", pa.string()),  # the candidate judged (same/different), or the new name
+        pa.field("candidate_image_id", pa.string()),  # the candidate's best-scoring image
+        pa.field("score", pa.float32()),
+        pa.field("threshold", pa.float32()),
+        pa.field("model_id", pa.string()),
+        pa.field("index_version", pa.string()),
+        pa.field("reviewer", pa.string()),
+        pa.field("note", pa.string()),
+    ]
+)
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("query_sha256", pa.string(), nullable=False),
+        pa.field("image_id", pa.string()),
+        pa.field("individual_id", pa.string(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),  # same or new
+        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("reviewer", pa.string()),
+    ]
+)
+
+
+def reviews_uri(index_uri: str) -> str:
+    return storage.join(index_uri, REVIEWS, DECISIONS_DIR)
+
+
+def new_individual_name(query_sha256: str) -> str:
+    """The default name of a new individual: stable for the same photo."""
+    return f"new-{query_sha256[:12]}"
+
+
+def _check_name(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not NAME.match(value):
+        raise ReidError(
+            f"{what} {value!r}: use 1-64 letters, digits, spaces, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def record(
+    index_uri: str,
+    decision: str,
+    query_sha256: str,
+    individual_id: str | None = None,
+    query_image_id: str | None = None,
+    candidate_image_id: str | None = None,
+    score: float | None = None,
+    threshold: float | None = None,
+    model_id: str | None = None,
+    index_version: str | None = None,
+    reviewer: str | None = None,
+    note: str | None = None,
+) -> dict:
+    """Append one decision; returns it as stored (``individual_id`` named for ``new``)."""
+    if decision not in DECISIONS:
+        raise ReidError(f"decision {decision!r}: expected one of {', '.join(DECISIONS)}")
+    if not SHA256.match(query_sha256 or ""):
+        raise ReidError(f"query hash {query_sha256!r}: expected 64 lowercase hex digits (SHA-256)")
+    individual_id = _check_name(individual_id, "individual")
+    if decision in ("same", "different") and not individual_id:
+        raise ReidError(f"a {decision!r} decision names the candidate individual it is about")
+    if decision == "new":
+        individual_id = individual_id or new_individual_name(query_sha256)
+    if note is not None and len(note) > 500:
+        raise ReidError("note: at most 500 characters")
+    now = dt.datetime.now(dt.timezone.utc)
+    rec = {
+        "review_id": f"{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}",
+        "decided_at": now.isoformat(),
+        "decision": decision,
+        "query_sha256": query_sha256,
+        "query_image_id": query_image_id,
+        "individual_id": individual_id,
+        "candidate_image_id": candidate_image_id,
+        "score": None if score is None else float(score),
+        "threshold": None if threshold is None else float(threshold),
+        "model_id": model_id,
+        "index_version": index_version,
+        "reviewer": _check_name(reviewer, "reviewer"),
+        "note": note,
+    }
+    storage.write_text(storage.join(reviews_uri(index_uri), rec["review_id"] + ".json"), json.dumps(rec))
+    return rec
+
+
+def read_reviews(index_uri: str) -> pa.Table:
+    """Every decision stored for an index, oldest first (REVIEW_SCHEMA)."""
+    rows = []
+    for uri in storage.list_files(reviews_uri(index_uri), suffix=".json"):
+        try:
+            rec = json.loads(storage.read_text(uri))
+        except ValueError as e:
+            raise ReidError(f"{uri}: not a valid review record ({e}); move it aside") from e
+        row = {name: rec.get(name) for name in REVIEW_SCHEMA.names}
+        row["decided_at"] = dt.datetime.fromisoformat(row["decided_at"])
+        rows.append(row)
+    if not rows:
+        return REVIEW_SCHEMA.empty_table()
+    table = pa.Table.from_pylist(rows, schema=REVIEW_SCHEMA)
+    return table.sort_by([("decided_at", "ascending"), ("review_id", "ascending")])
+
+
+def _labels(reviews: pa.Table) -> list[dict]:
+    """Per query photo, its latest ``same``/``new`` decision, unless a later ``different`` names
+    the same individual (which retracts it). ``different`` about another individual changes nothing."""
+    label: dict[str, dict] = {}
+    for row in reviews.to_pylist():  # oldest first
+        q = row["query_sha256"]
+        if row["decision"] in ("same", "new"):
+            label[q] = row
+        elif q in label and label[q]["individual_id"] == row["individual_id"]:
+            del label[q]
+    return list(label.values())
+
+
+def confirmed_labels(index_uri: str) -> pa.Table:
+    """Labels reviewers confirmed: one row per query photo (see :func:`_labels` for the rule).
+
+    ``image_id`` is set for archive photos (join on it); uploaded photos carry only their hash
+    (join on the SHA-256 of the image bytes once they are ingested). Schema: LABELS_SCHEMA.
+    """
+    keep = pa.Table.from_pylist(_labels(read_reviews(index_uri)), schema=REVIEW_SCHEMA)
+    return pa.table(
+        {
+            "query_sha256": keep.column("query_sha256"),
+            "image_id": keep.column("query_image_id"),
+            "individual_id": keep.column("individual_id"),
+            "decision": keep.column("decision"),
+            "decided_at": keep.column("decided_at"),
+            "reviewer": keep.column("reviewer"),
+        },
+        schema=LABELS_SCHEMA,
+    )
+
+
+def rejected_pairs(index_uri: str) -> pa.Table:
+    """(query_sha256, image_id, individual_id) pairs a reviewer marked ``different`` (hard negatives)."""
+    reviews = read_reviews(index_uri)
+    diff = reviews.filter(pc.equal(reviews.column("decision"), "different"))
+    return diff.select(["query_sha256", "query_image_id", "individual_id", "decided_at"]).rename_columns(
+        ["query_sha256", "image_id", "individual_id", "decided_at"]
+    )

@@ -1,0 +1,89 @@
+"""A small served index built by the real jobs (synth -> embed -> index), shared by the serve tests.
+
+The model is an untrained (random-init) resnet10t: it cannot tell two synthetic animals of the
+same species apart, so the tests do not pretend it can. Instead:
+
+* the *known* photo is a lossless crop of an archive image, exactly as the embed job cropped and
+  decoded it: same pixels, same embedding, score ~1.0, ranked first;
+* the *new* photo is a synthetic animal drawn here in colours no archive photo has (a blue scene,
+  a magenta coat): even a random network puts it below the index's calibrated threshold.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+INPUT_SIZE = 64
+
+
+def build(root: Path) -> dict[str, str]:
+    """Write ``root/{archive,model,embeddings,index}``; returns their paths."""
+    import torch
+
+    from cluster.runtime import shutdown
+    from jobs.embed import EmbedConfig
+    from jobs.embed import run as embed
+    from jobs.index import IndexConfig
+    from jobs.index import run as index
+    from jobs.synth import SynthJobConfig
+    from jobs.synth import run as synth
+    from reid.model import ModelSpec, create_model, save_package
+
+    paths = {k: str(root / k) for k in ("archive", "model", "embeddings", "index")}
+    synth(SynthJobConfig(out=paths["archive"], individuals=8, years=2, images_per_individual=3,
+                         image_size=96, seed=3))  # fmt: skip
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="resnet10t", embedding_dim=32, input_size=INPUT_SIZE)
+    save_package(create_model(spec, load_pretrained=False), spec, paths["model"])
+    try:
+        embed(EmbedConfig(archive=paths["archive"], model=paths["model"], out=paths["embeddings"],
+                          num_cpus=2, threads=1))  # fmt: skip
+        index(IndexConfig(embeddings=[paths["embeddings"]], out=paths["index"], num_cpus=2))
+    finally:
+        shutdown()
+    return paths
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> dict[str, str]:
+    """The demo inputs, built once per test session."""
+    return build(tmp_path_factory.mktemp("serve"))
+
+
+def known_photo(archive_uri: str, labelled: bool = True) -> tuple[str, str | None, bytes]:
+    """(image_id, individual_id, PNG bytes): an archive photo cropped exactly as the embed job did."""
+    from reid import archive, imageio
+
+    for row in archive.iter_rows(archive_uri, columns=["image_id", "image", "bbox", "individual_id"]):
+        if labelled and row["individual_id"] is None:
+            continue
+        dec = imageio.decode(row["image"], row["bbox"], target_size=INPUT_SIZE)
+        buf = io.BytesIO()
+        dec.image.save(buf, format="PNG")
+        return row["image_id"], row["individual_id"], buf.getvalue()
+    raise AssertionError(f"{archive_uri}: no labelled image")
+
+
+def new_animal_photo(seed: int = 0, size: int = 160) -> bytes:
+    """A synthetic four-legged animal with a spotted magenta coat in a blue scene (JPEG bytes)."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), (40, 60, 200))
+    d = ImageDraw.Draw(img)
+    s = size / 100
+    coat = (230, 40, 200)
+    d.ellipse((20 * s, 35 * s, 75 * s, 65 * s), fill=coat)  # body
+    d.ellipse((68 * s, 25 * s, 88 * s, 45 * s), fill=coat)  # head
+    for x in (25, 35, 58, 68):  # legs
+        d.rectangle((x * s, 58 * s, (x + 5) * s, 85 * s), fill=coat)
+    for _ in range(14):  # spots: this individual's pattern
+        x, y = rng.uniform(24, 70) * s, rng.uniform(38, 60) * s
+        d.ellipse((x, y, x + 5 * s, y + 5 * s), fill=(25, 20, 30))
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()

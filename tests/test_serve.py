@@ -1,0 +1,289 @@
+"""`reid serve`: queries, upload limits and refusals, no path traversal, decisions stored.
+
+The app runs on a small index built by the real jobs (see tests/servedata.py: an untrained model,
+a known photo that is an exact archive crop, a new animal no archive photo resembles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from reid import review
+from reid.errors import ReidError
+from tests.servedata import known_photo, new_animal_photo, served  # noqa: F401 - fixture
+
+MAX_BYTES = 200_000
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def client(served):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from jobs.serve import create_app
+
+    app = create_app(served["index"], served["model"], max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    with TestClient(app) as c:
+        yield c
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (90, 120, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _files(root: str) -> dict[str, int]:
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            out[os.path.join(d, n)] = os.path.getsize(os.path.join(d, n))
+    return out
+
+
+@pytest.mark.ray
+def test_info_uses_the_calibrated_threshold_and_offers_examples(client, served):  # noqa: F811
+    from reid import index as rindex
+
+    info = client.get("/api/info").json()
+    stored = rindex.open_index(served["index"])
+    assert stored.threshold is not None
+    assert info["threshold"] == pytest.approx(stored.threshold)
+    assert info["threshold_source"] == "calibrated with the index"
+    assert info["images"] == stored.ntotal and info["version"] == stored.version
+    assert 1 <= len(info["examples"]) <= 6
+    for ex in info["examples"]:
+        r = client.get(ex["thumb"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(r.content)).size[0] > 16
+
+
+@pytest.mark.ray
+def test_known_photo_ranks_its_individual_first(client, served):  # noqa: F811
+    image_id, individual, data = known_photo(served["archive"])
+    r = client.post("/api/query", content=data, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    a = r.json()
+    top = a["candidates"][0]
+    assert (top["individual_id"], top["image_id"]) == (individual, image_id)
+    assert top["score"] > 0.999 and top["rank"] == 1
+    assert not a["is_new"] and a["best_score"] >= a["threshold"]
+    assert a["sha256"] == hashlib.sha256(data).hexdigest()
+    assert len({c["individual_id"] for c in a["candidates"]}) == len(a["candidates"]) == 5
+    assert [c["score"] for c in a["candidates"]] == sorted(
+        (c["score"] for c in a["candidates"]), reverse=True
+    )
+    assert all(set(t) >= {"embed", "search", "decode", "total"} for t in [a["timing_ms"]])
+
+
+@pytest.mark.ray
+def test_new_animal_is_likely_new(client):
+    a = client.post("/api/query", content=new_animal_photo()).json()
+    assert a["is_new"], a
+    assert a["best_score"] < a["threshold"]
+
+
+@pytest.mark.ray
+def test_example_query_leaves_out_the_photo_and_its_burst(client, served):  # noqa: F811
+    ex = client.get("/api/info").json()["examples"][0]
+    a = client.post(f"/api/example/{ex['image_id']}").json()
+    assert a["archive_label"] == ex["individual_id"] and a["image_id"] == ex["image_id"]
+    shown = {im["image_id"] for c in a["candidates"] for im in c["images"]}
+    assert ex["image_id"] not in shown
+    assert client.post("/api/example/not-an-id").status_code == 404
+
+
+@pytest.mark.ray
+def test_upload_limits(client):
+    # bytes: refused from the declared length, and while streaming when no length is declared
+    r = client.post("/api/query", content=b"\xff" * (MAX_BYTES + 1))
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+    def chunks():
+        for _ in range(30):
+            yield b"\x00" * 10_000
+
+    r = client.post("/api/query", content=chunks())
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    # pixels: a small file of a big image is refused before its pixels are decoded
+    r = client.post("/api/query", content=_png(2000, 1000))
+    assert r.status_code == 413 and "2000x1000" in r.json()["error"]
+    assert client.post("/api/query", content=_png(900, 900)).status_code == 200
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"%PDF-1.4 not a photo", 415, "not an image"),
+        (b"<script>alert(1)</script>", 415, "not an image"),
+        (b"P6\n4 4\n255\n" + b"\x00" * 48, 415, "PPM images are not accepted"),
+    ],
+)
+def test_non_images_are_refused_with_a_message(client, data, status, words):
+    r = client.post("/api/query", content=data)
+    assert r.status_code == status
+    assert words in r.json()["error"]
+
+
+@pytest.mark.ray
+def test_truncated_photo_is_refused(client):
+    data = new_animal_photo()
+    r = client.post("/api/query", content=data[: len(data) // 2])
+    assert r.status_code == 422 and "truncated" in r.json()["error"]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/thumb/..%2F..%2Fetc%2Fpasswd",
+        "/thumb/%2Fetc%2Fpasswd",
+        "/thumb/../../etc/passwd",
+        "/thumb/..%2F",
+        "/thumb/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/thumb/_manifest.json",
+        "/static/..%2F..%2Fserve.py",
+        "/static/../serve.py",
+        "/static/index.html",
+        "/jobs/static/app.js",
+        "/api/example/..%2F..%2Fetc%2Fpasswd",
+    ],
+)
+def test_no_path_reaches_the_filesystem(client, path):
+    r = client.request("POST" if path.startswith("/api/") else "GET", path)
+    assert r.status_code in (404, 405), (path, r.status_code)
+    assert b"root:" not in r.content and b"import" not in r.content
+
+
+@pytest.mark.ray
+def test_page_and_headers(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<title>Re-identification review</title>" in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for path in ("/static/app.js", "/static/app.css"):
+        assert client.get(path).status_code == 200
+    assert "http" not in r.text.replace("http-equiv", "")  # no CDN: everything comes from this server
+
+
+@pytest.mark.ray
+def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, served):  # noqa: F811
+    before = _files(served["index"])
+    image_id, individual, data = known_photo(served["archive"])
+    a = client.post("/api/query", content=data).json()
+    second = a["candidates"][1]["individual_id"]
+    ids = []
+    for body in (
+        {"decision": "same", "individual_id": individual, "reviewer": "ana"},
+        {"decision": "different", "individual_id": second},
+    ):
+        r = client.post("/api/decision", json={"query_id": a["query_id"], **body})
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["stored"]["review_id"])
+    n = client.post("/api/query", content=new_animal_photo(7)).json()
+    r = client.post(
+        "/api/decision", json={"query_id": n["query_id"], "decision": "new", "individual_id": "Blue 1"}
+    )
+    assert r.status_code == 200 and r.json()["stored"]["individual_id"] == "Blue 1"
+    ids.append(r.json()["stored"]["review_id"])
+
+    # refused: not a candidate, unknown query, unknown decision, bad name
+    bad = [
+        ({"query_id": a["query_id"], "decision": "same", "individual_id": "someone-else"}, 400),
+        ({"query_id": "0" * 64, "decision": "new"}, 404),
+        ({"query_id": a["query_id"], "decision": "maybe", "individual_id": individual}, 422),
+        ({"query_id": n["query_id"], "decision": "new", "individual_id": "../../etc"}, 400),
+    ]
+    for body, status in bad:
+        assert client.post("/api/decision", json=body).status_code == status, body
+
+    stored = review.read_reviews(served["index"]).to_pylist()
+    mine = [s for s in stored if s["review_id"] in ids]
+    assert [(s["decision"], s["individual_id"]) for s in mine] == [
+        ("same", individual), ("different", second), ("new", "Blue 1"),
+    ]  # fmt: skip
+    assert mine[0]["candidate_image_id"] == image_id and mine[0]["reviewer"] == "ana"
+    assert mine[0]["score"] > 0.999 and mine[0]["model_id"] and mine[0]["index_version"]
+    labels = {r["query_sha256"]: r for r in review.confirmed_labels(served["index"]).to_pylist()}
+    assert labels[a["sha256"]]["individual_id"] == individual  # "different" about another one keeps it
+    assert labels[n["sha256"]]["individual_id"] == "Blue 1"
+    assert client.get("/api/reviews?limit=2").json()["reviews"][0]["individual_id"] == "Blue 1"
+
+    after = _files(served["index"])
+    added = set(after) - set(before)
+    assert added and all(os.sep + "_reviews" + os.sep in p for p in added)  # only decisions were written
+    assert {p: after[p] for p in before} == before  # and nothing of the index changed
+
+
+@pytest.mark.ray
+def test_a_model_the_index_was_not_built_with_is_refused(served, tmp_path):  # noqa: F811
+    from jobs.serve import create_app
+    from reid.model import ModelSpec, create_model, save_package
+
+    spec = ModelSpec(backbone="resnet10t", embedding_dim=16, input_size=64)
+    save_package(create_model(spec, load_pretrained=False), spec, str(tmp_path / "other"))
+    with pytest.raises(ReidError, match="dim 16"):
+        create_app(served["index"], str(tmp_path / "other"))
+
+
+def test_cli_has_serve():
+    import typer
+    from typer.testing import CliRunner
+
+    from jobs import serve
+    from jobs.cli import JOB_MODULES
+
+    assert "jobs.serve" in JOB_MODULES
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    serve.register(app)
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--index", "--model", "--archive", "--host", "--port", "--k", "--max-upload-mb"):
+        assert opt in r.output
+
+
+# --------------------------------------------------------------------------------------------
+# reid.review on its own
+
+
+def test_review_log_and_confirmed_labels(tmp_path):
+    idx = str(tmp_path / "index")
+    q1, q2, q3 = (hashlib.sha256(bytes([i])).hexdigest() for i in range(3))
+    review.record(idx, "same", q1, "lion-a", query_image_id="img1")
+    review.record(idx, "different", q1, "lion-b")  # about another individual: label kept
+    review.record(idx, "same", q2, "lion-c")
+    review.record(idx, "different", q2, "lion-c")  # retracts the earlier "same"
+    new = review.record(idx, "new", q3)
+    assert new["individual_id"] == review.new_individual_name(q3)
+    labels = review.confirmed_labels(idx)
+    assert labels.schema == review.LABELS_SCHEMA
+    assert sorted(zip(labels["query_sha256"].to_pylist(), labels["individual_id"].to_pylist())) == sorted(
+        [(q1, "lion-a"), (q3, new["individual_id"])]
+    )
+    assert labels.filter(labels["query_sha256"] == q1)["image_id"].to_pylist() == ["img1"]
+    pairs = review.rejected_pairs(idx)
+    assert sorted(pairs["individual_id"].to_pylist()) == ["lion-b", "lion-c"]
+    assert review.read_reviews(idx).num_rows == 5
+    assert review.confirmed_labels(str(tmp_path / "none")).num_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("maybe", "a" * 64, "x"), "expected one of"),
+        (("same", "a" * 64, None), "names the candidate"),
+        (("same", "not-a-hash", "x"), "SHA-256"),
+        (("new", "a" * 64, "../x"), "letters, digits"),
+    ],
+)
+def test_review_refuses_bad_records(tmp_path, args, words):
+    with pytest.raises(ReidError, match=words):
+        review.record(str(tmp_path), *args)
