@@ -33,6 +33,7 @@ JOB_MODULES = [
     "jobs.index",
     "jobs.match",
     "jobs.evaluate",
+    "jobs.serve",
     "jobs.submit",
 ]
 
