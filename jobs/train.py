@@ -96,6 +96,9 @@ class TrainConfig(BaseModel):
     val_archive: str | None = Field(None, description="validate on this archive's individuals instead")
     val_exclude: Literal["none", "burst", "day"] = Field("burst", description="near-duplicates to ignore")
     burst_seconds: float = Field(60.0, ge=0)
+    val_map: Literal["auto", "umap", "tsne", "pca", "off"] = Field(
+        "auto", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
+    )
     monitor: Literal["accuracy@1", "accuracy@5", "accuracy@10", "map", "map@r"] = "accuracy@1"
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain")
     seed: int = 0
@@ -626,13 +629,15 @@ def _tensorboard(cfg: TrainConfig):
 def _val_map(cfg: TrainConfig, session: Session, epoch: int) -> None:
     """MODEL_DIR/maps/epoch-NNNN.png: the 2-D map of the validation embeddings (clusters forming)."""
     last = getattr(session, "last_val", None)
-    if last is None:
+    if last is None or cfg.val_map == "off":
         return
     from reid.plots import embedding_map_png
 
     try:
         uri = storage.join(cfg.out, "maps", f"epoch-{epoch:04d}.png")
-        embedding_map_png(last[0], last[1], uri, title=f"validation embeddings after epoch {epoch}")
+        embedding_map_png(
+            last[0], last[1], uri, method=cfg.val_map, title=f"validation embeddings after epoch {epoch}"
+        )
     except Exception as e:  # noqa: BLE001 - a plot must never stop a training run
         print(f"warning: embedding map of epoch {epoch} not written: {type(e).__name__}: {e}")
 
