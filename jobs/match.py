@@ -135,7 +135,7 @@ def search_task(index_uri: str, version: str, shard: int, block: Block, k: int, 
     t1 = time.perf_counter()
     d, i = matching.search_shard(index, vectors, k, meta, gallery, exclude, nprobe)
     timing = {"load_s": load_s, "read_s": t1 - t0, "search_s": time.perf_counter() - t1}
-    return block.id, meta, d, matching.to_global(i, offset), timing
+    return block.id, meta if shard == 0 else None, d, matching.to_global(i, offset), timing
 
 
 def _unwrap(e: Exception) -> Exception:
@@ -209,9 +209,10 @@ def knn(
             if block_id in best:
                 acc = best[block_id]
                 acc[1], acc[2] = matching.merge_topk([(acc[1], acc[2]), (d, g)], k)
+                acc[0] = meta if meta is not None else acc[0]
                 acc[3] += 1
             else:
-                best[block_id] = [meta, d, g, 1]
+                best[block_id] = [meta, d, g, 1]  # metadata comes with shard 0's result
             if best[block_id][3] == n_shards:
                 meta, d, g, _ = best.pop(block_id)
                 bar.update(by_id[block_id].n)

@@ -20,6 +20,7 @@ from reid.errors import ConfigError
 from reid.schema import MATCHES_SCHEMA
 
 US_PER_DAY = 86_400_000_000
+GPU_MAX_K = 2048
 MATCH_COLUMNS = MATCHES_SCHEMA.names + ["query_survey", "neighbor_survey", "neighbor_individual_id"]
 MATCHES_OUT_SCHEMA = pa.schema(
     list(MATCHES_SCHEMA)
@@ -142,11 +143,12 @@ def search_shard(
     if gallery is None or query_meta is None:
         raise ValueError("exclusions need the query metadata and the shard's id table")
     n, ntotal = len(queries), index.ntotal
+    max_depth = GPU_MAX_K if "Gpu" in type(index).__name__ else ntotal  # GPU FAISS: k <= 2048
     codes = gallery.query_codes(query_meta)
     out_d = np.full((n, k), -np.inf, np.float32)
     out_i = np.full((n, k), -1, np.int64)
     todo = np.arange(n)
-    depth = min(max(ntotal, 1), k + 1 if exclude.only_self else 2 * k + 1)
+    depth = min(max(ntotal, 1), max_depth, k + 1 if exclude.only_self else 2 * k + 1)
     while len(todo):
         d, i = rindex.search(index, queries[todo], depth, nprobe)
         sub = {name: c[todo] for name, c in codes.items()}
@@ -158,9 +160,9 @@ def search_shard(
         width = d_k.shape[1]
         out_d[todo, :width], out_i[todo, :width] = d_k, i_k
         short = keep.sum(1) < k
-        exhausted = (i < 0).any(1) | (depth >= ntotal)
+        exhausted = (i < 0).any(1) | (depth >= min(ntotal, max_depth))
         todo = todo[short & ~exhausted]
-        depth = min(ntotal, depth * 2)
+        depth = min(ntotal, max_depth, depth * 2)
     return out_d, out_i
 
 
