@@ -35,6 +35,7 @@ JOB_MODULES = [
     "jobs.evaluate",
     "jobs.serve",
     "jobs.submit",
+    "jobs.pipeline",
 ]
 
 

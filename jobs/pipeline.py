@@ -1,0 +1,379 @@
+"""`reid pipeline PIPELINE.toml`: ingest/train/embed/index/match/evaluate as one job graph.
+
+Each table of the file is a step: a job (the table's name, or ``job = "..."``) and its config
+fields. ``${name}`` takes a value from ``[vars]``; ``${step.field}`` takes another step's field and
+makes that step run first. A step is skipped when its output is committed and current: its
+``_manifest.json`` exists, records the same config (execution settings such as CPUs or actors
+aside), and its inputs still carry the manifests it was built from. So "reprocess the archive with
+model v2 and rebuild the population index" is one command::
+
+    reid pipeline survey.toml --set model=s3://bucket/models/v2 --set tag=v2
+
+The steps run in this process (each on Ray as usual); to run the whole graph on a cluster, submit
+it like any job: ``reid submit pipeline s3://bucket/survey.toml --address http://HEAD:8265``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+import typer
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from jobs.common import console, print_summary
+from jobs.submit import job_module, one_line
+from reid import manifest, storage
+from reid.errors import ConfigError, ReidError
+
+JOB = "pipeline"
+INPUTS = ("file",)  # for `reid submit pipeline`: the file is the input; --set values are not
+# Config fields that change how a job runs, not what it produces: a change does not make an
+# output stale. A job module may add its own (EXECUTION_FIELDS = {...}).
+EXECUTION_FIELDS = {
+    "address",
+    "num_cpus",
+    "num_gpus",
+    "force",
+    "threads",
+    "actors",
+    "cpus_per_actor",
+    "gpus_per_actor",
+    "cpus_per_worker",
+    "decode_cpus",
+    "data_workers",
+    "max_units",
+    "cache_dir",
+    "gpu",
+    "query_block",
+}
+_REF = re.compile(r"\$\{([A-Za-z_][\w-]*)(?:\.([A-Za-z_]\w*))?\}")
+_OUTPUT_FIELDS = ("out", "output")
+
+
+class PipelineConfig(BaseModel):
+    file: str = Field(description="pipeline file (TOML or YAML): a path or s3:// URI")
+    set: list[str] = Field(default_factory=list, description="overrides: VAR=VALUE or STEP.FIELD=VALUE")
+    force: list[str] = Field(default_factory=list, description="steps to run even when current")
+    plan: bool = Field(False, description="say what would run and why; run nothing")
+    address: str | None = Field(None, description="Ray cluster for the steps (default: RAY_ADDRESS/local)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
+
+
+@dataclass
+class Step:
+    name: str
+    job: str
+    fields: dict[str, Any]
+    module: Any = None
+    config: BaseModel | None = None
+    deps: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> str | None:
+        values = self.config.model_dump()
+        name = next((f for f in getattr(self.module, "OUTPUTS", None) or _OUTPUT_FIELDS if f in values), None)
+        return values[name] if name else None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: file -> vars and steps -> resolved configs in dependency order
+
+
+def _parse(uri: str) -> dict:
+    text = storage.read_text(uri)
+    try:
+        if uri.endswith((".yaml", ".yml")):
+            data = yaml.safe_load(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
+        raise ConfigError(f"{uri}: cannot parse: {one_line(str(e))}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{uri}: expected tables of steps (and [vars])")
+    return data
+
+
+def _literal(text: str) -> Any:
+    """A --set value: JSON when it parses as JSON (numbers, lists, true), else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _apply_overrides(data: dict, overrides: list[str], uri: str) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected VAR=VALUE or STEP.FIELD=VALUE")
+        key, value = item.split("=", 1)
+        if "." in key:
+            step, name = key.split(".", 1)
+            if not isinstance(data.get(step), dict) or step == "vars":
+                raise ConfigError(f"--set {item!r}: {uri} has no step [{step}]")
+            data[step][name] = _literal(value)
+        else:
+            data.setdefault("vars", {})[key] = _literal(value)
+
+
+def _substitute(value: Any, lookup, where: str) -> Any:
+    """Replace ``${...}`` references in a value (strings inside lists too)."""
+    if isinstance(value, list):
+        return [_substitute(v, lookup, where) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:  # the value is one reference: keep the referenced value's type (a list, a number)
+        return lookup(whole.group(1), whole.group(2), where)
+    return _REF.sub(lambda m: str(lookup(m.group(1), m.group(2), where)), value)
+
+
+def _config_class(module) -> type[BaseModel]:
+    hints = get_type_hints(module.run)
+    cls = next((h for k, h in hints.items() if k != "return"), None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise ReidError(f"{module.__name__}.run takes no pydantic config; it cannot be a pipeline step")
+    return cls
+
+
+def load(cfg: PipelineConfig) -> list[Step]:
+    """Read the pipeline, resolve references and configs; returns the steps in run order."""
+    data = _parse(cfg.file)
+    _apply_overrides(data, cfg.set, cfg.file)
+    raw_vars = data.pop("vars", {}) or {}
+    steps = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{cfg.file}: `{name}` is not a step table ([{name}] with the job's fields)")
+        fields = dict(table)
+        job = fields.pop("job", name)
+        steps[name] = Step(name=name, job=str(job), fields=fields)
+    for name in cfg.force:
+        if name not in steps:
+            raise ConfigError(f"--force {name}: {cfg.file} has no step [{name}] (steps: {', '.join(steps)})")
+    if not steps:
+        raise ConfigError(f"{cfg.file}: no steps")
+
+    resolving: list[str] = []
+    var_values: dict[str, Any] = {}
+
+    def var(name: str, attr: str | None, where: str) -> Any:
+        if attr is not None:
+            raise ConfigError(f"{cfg.file}: {where} uses ${{{name}.{attr}}}: [vars] cannot refer to steps")
+        if name in var_values:
+            return var_values[name]
+        if name not in raw_vars:
+            hint = f" (a step? write ${{{name}.out}})" if name in steps else ""
+            raise ConfigError(f"{cfg.file}: {where} uses ${{{name}}}, which [vars] does not define{hint}")
+        if name in resolving:
+            raise ConfigError(f"{cfg.file}: [vars] refer to each other in a cycle: {' -> '.join(resolving)}")
+        resolving.append(name)
+        var_values[name] = _substitute(raw_vars[name], var, f"[vars] {name}")
+        resolving.pop()
+        return var_values[name]
+
+    def lookup(name: str, attr: str | None, where: str) -> Any:
+        if attr is None:
+            return var(name, None, where)
+        values = steps[name].config.model_dump()  # steps run in order: this one is resolved already
+        if attr not in values:
+            raise ConfigError(
+                f"{cfg.file}: {where} refers to ${{{name}.{attr}}}; reid {steps[name].job} has no {attr}"
+            )
+        return values[attr]
+
+    order = _order(steps, cfg.file)
+    for step in order:
+        step.module = job_module(step.job)
+        cls = _config_class(step.module)
+        unknown = sorted(set(step.fields) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"{cfg.file}: step [{step.name}] ({step.job}): unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(cls.model_fields)}"
+            )
+        values = {k: _substitute(v, lookup, f"[{step.name}] {k}") for k, v in step.fields.items()}
+        for key in ("address", "num_cpus"):
+            if getattr(cfg, key) is not None and key in cls.model_fields and key not in values:
+                values[key] = getattr(cfg, key)
+        try:
+            step.config = cls(**values)
+        except ValidationError as e:
+            raise ConfigError(f"{cfg.file}: step [{step.name}] ({step.job}): {one_line(str(e))}") from None
+    return order
+
+
+def _refs(value: Any) -> set[str]:
+    if isinstance(value, list):
+        return set().union(*(_refs(v) for v in value)) if value else set()
+    return {m.group(1) for m in _REF.finditer(value) if m.group(2)} if isinstance(value, str) else set()
+
+
+def _order(steps: dict[str, Step], uri: str) -> list[Step]:
+    """Steps in dependency order (file order among independent steps); refuses cycles."""
+    for step in steps.values():
+        deps = set().union(*(_refs(v) for v in step.fields.values())) if step.fields else set()
+        for dep in sorted(deps - set(steps)):
+            raise ConfigError(
+                f"{uri}: step [{step.name}] refers to ${{{dep}.FIELD}}, but there is no step [{dep}]"
+            )
+        step.deps = [d for d in steps if d in deps]
+    done: list[Step] = []
+    pending = list(steps.values())
+    while pending:
+        ready = [s for s in pending if all(d in {x.name for x in done} for d in s.deps)]
+        if not ready:
+            cycle = ", ".join(s.name for s in pending)
+            raise ConfigError(f"{uri}: steps depend on each other in a cycle: {cycle}")
+        done.append(ready[0])
+        pending.remove(ready[0])
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# Committed and current
+
+
+def _comparable(config: dict, module) -> dict:
+    ignore = EXECUTION_FIELDS | set(getattr(module, "EXECUTION_FIELDS", ()))
+    clean = json.loads(json.dumps(manifest.scrub(config), default=str))
+    return {k: v for k, v in clean.items() if k not in ignore}
+
+
+def staleness(step: Step) -> str | None:
+    """Why ``step`` must run, or None when its output is committed and current."""
+    out = step.out
+    if out is None:
+        return "no output to check"
+    m = manifest.read_manifest(out)
+    if m is None:
+        return "no committed output"
+    if m.get("job") != step.job:
+        raise ReidError(
+            f"step [{step.name}]: {out} holds the output of `reid {m.get('job')}`; choose another out"
+        )
+    now, then = (
+        _comparable(step.config.model_dump(), step.module),
+        _comparable(m.get("config") or {}, step.module),
+    )
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if changed:
+        return f"config changed: {', '.join(changed)}"
+    for entry in m.get("inputs") or []:
+        if "ended_at" not in entry:
+            continue  # a source outside the pipeline (photo folder): not tracked
+        current = manifest.read_manifest(entry["uri"])
+        if current is None or current.get("ended_at") != entry["ended_at"]:
+            return f"input {entry['uri']} changed"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run every step that is not committed and current, in dependency order; returns the summary."""
+    t0 = time.perf_counter()
+    steps = load(cfg)  # every step's config is validated before anything runs
+    ran: set[str] = set()
+    rows = []
+    for step in steps:
+        upstream = [d for d in step.deps if d in ran]
+        reason = (
+            "forced"
+            if step.name in cfg.force
+            else (f"after {', '.join(upstream)}" if upstream and cfg.plan else staleness(step))
+        )
+        row = {
+            "step": step.name,
+            "job": step.job,
+            "out": step.out,
+            "action": "skip",
+            "reason": reason or "current",
+        }
+        rows.append(row)
+        if reason is None:
+            say(f"[pipeline] {step.name}: committed and current, skipped ({step.out})")
+            continue
+        row["action"] = "would run" if cfg.plan else "ran"
+        ran.add(step.name)
+        if cfg.plan:
+            continue
+        say(f"[pipeline] {step.name}: running reid {step.job} ({reason})")
+        s0 = time.perf_counter()
+        row["summary"] = _run_step(step, forced=step.name in cfg.force)
+        row["wall_s"] = round(time.perf_counter() - s0, 2)
+        print_summary(step.job, row["summary"])
+    _print_plan(rows, cfg.file)
+    return {
+        "steps": len(rows),
+        "ran": sum(r["action"] == "ran" for r in rows),
+        "would_run": sum(r["action"] == "would run" for r in rows),
+        "skipped": sum(r["action"] == "skip" for r in rows),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "detail": rows,
+    }
+
+
+def say(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
+
+
+def _run_step(step: Step, forced: bool) -> dict:
+    """Run one step; when the job declined to redo a stale output, run it again with force."""
+    has_force = "force" in type(step.config).model_fields
+    config = step.config.model_copy(update={"force": True}) if forced and has_force else step.config
+    try:
+        summary = step.module.run(config)
+        if not forced and step.out and staleness(step) is not None:
+            if not has_force:
+                raise ReidError(
+                    f"reid {step.job} left {step.out} stale ({staleness(step)}); remove it and re-run"
+                )
+            say(f"[pipeline] {step.name}: the job kept its old output; running again with force")
+            summary = step.module.run(step.config.model_copy(update={"force": True}))
+    except ReidError as e:
+        raise type(e)(f"step [{step.name}] (reid {step.job}): {e}") from e
+    return summary
+
+
+def _print_plan(rows: list[dict], uri: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"reid pipeline {uri}", title_justify="left")
+    for col in ("step", "job", "action", "reason", "wall_s", "out"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["step"], r["job"], r["action"], r["reason"], str(r.get("wall_s", "")), str(r["out"] or "")
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    def pipeline_cmd(
+        file: str = typer.Argument(..., metavar="PIPELINE", help="pipeline file (TOML/YAML), path or s3://"),
+        set_: list[str] = typer.Option(None, "--set", help="VAR=VALUE or STEP.FIELD=VALUE; repeatable"),
+        force: list[str] = typer.Option(None, help="a step to run even when current; repeatable"),
+        plan: bool = typer.Option(False, help="say what would run and why; run nothing"),
+        address: str = typer.Option(None, help="Ray cluster address for the steps (default: local Ray)"),
+        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
+    ):
+        """Run a pipeline of jobs, skipping steps whose outputs are committed and current."""
+        try:
+            cfg = PipelineConfig(
+                file=file, set=set_ or [], force=force or [], plan=plan, address=address, num_cpus=num_cpus
+            )
+        except ValueError as e:
+            raise ReidError(f"bad pipeline options: {e}") from e
+        print_summary(JOB, run(cfg))
+
+    app.command("pipeline")(pipeline_cmd)
+    app.command("run", hidden=True, help="Same as `reid pipeline`.")(pipeline_cmd)
