@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -97,7 +96,7 @@ class TrainConfig(BaseModel):
     val_exclude: Literal["none", "burst", "day"] = Field("burst", description="near-duplicates to ignore")
     burst_seconds: float = Field(60.0, ge=0)
     val_map: Literal["auto", "umap", "tsne", "pca", "off"] = Field(
-        "auto", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
+        "pca", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
     )
     monitor: Literal["accuracy@1", "accuracy@5", "accuracy@10", "map", "map@r"] = "accuracy@1"
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain")
@@ -654,7 +653,10 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
-    session = Session(cfg, rank, world, ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object too) use the current device
+    session = Session(cfg, rank, world, device)
     checkpoint = ray.train.get_checkpoint()
     restored = 0
     if checkpoint is not None:
@@ -737,6 +739,14 @@ def _check_resources(cfg: TrainConfig, resources: dict) -> None:
         )
 
 
+def _is_local_ray() -> bool:
+    """True when the connected Ray runs on this machine only (so credentials may be forwarded)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
+
+
 def _completed(cfg: TrainConfig) -> dict | None:
     """The summary of a finished run with these settings, or None when there is training to do."""
     m = manifest.read_manifest(cfg.out)
@@ -753,7 +763,7 @@ def run(cfg: TrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.runtime import connect
+    from cluster.runtime import connect, storage_env
 
     started = manifest.now()
     t0 = time.perf_counter()
@@ -770,6 +780,7 @@ def run(cfg: TrainConfig) -> dict:
     if rejects:
         archive.write_rejects(cfg.out, rejects)
     resources = connect(cfg.address)
+    local_ray = not (cfg.address or os.environ.get("RAY_ADDRESS")) or _is_local_ray()
     _check_resources(cfg, resources)
     gpu = cfg.gpus_per_worker > 0
     path, fs = _storage(cfg)
@@ -790,6 +801,8 @@ def run(cfg: TrainConfig) -> dict:
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            # Workers reach the same storage as the driver (credentials only to a Ray started here).
+            worker_runtime_env={"env_vars": storage_env(include_secrets=local_ray)},
         ),
     )
     result = trainer.fit()
@@ -908,15 +921,3 @@ def register(app: typer.Typer) -> None:
         flags["loss_params"] = _parse_params(flags.pop("loss_param"), "--loss-param") or None
         flags["miner_params"] = _parse_params(flags.pop("miner_param"), "--miner-param") or None
         print_summary(JOB, run(make_config(file, **flags)))
-
-
-def clear_run(out: str) -> None:
-    """Delete what a training run wrote under ``out`` (its own files only), to start over."""
-    for name in (RAY_DIR, "_cache", "tensorboard", HISTORY, "history.csv", CONFIG_FILE, "model.json",
-                 "model.safetensors", manifest.MANIFEST, archive.REJECTS):  # fmt: skip
-        target = storage.join(out, name)
-        if storage.exists(target):
-            if not storage.is_s3(out) and os.path.isdir(storage.resolve(target)[1]):
-                shutil.rmtree(storage.resolve(target)[1])
-            else:
-                storage.delete(target)

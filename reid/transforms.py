@@ -1,7 +1,8 @@
 """Image preprocessing built from a model spec, so training, embedding and serving agree exactly.
 
 Evaluation: resize to an ``input_size`` square and normalise with the spec's mean/std.
-Training adds re-ID-safe augmentation: crops, small rotations, colour jitter, blur and erasing.
+Training adds re-ID-safe augmentation: aspect-keeping crops, small rotations, colour jitter, blur
+and erasing.
 Horizontal flips are off by default: for animals whose left and right flanks carry different
 patterns (zebra stripes, giraffe patches, lion whisker spots) a flip makes a different individual.
 """
@@ -32,6 +33,29 @@ def eval_transform(spec: ModelSpec):
     )
 
 
+class RandomCropSquash:
+    """A random crop that keeps the image's own aspect ratio (jittered), resized to a square.
+
+    Evaluation squashes the whole crop of the animal into the square input; torchvision's
+    RandomResizedCrop instead cuts near-square windows, so a long-bodied animal would be seen
+    with one aspect in training and another in evaluation. This crop keeps them alike.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.6, 1.0), jitter: float = 1.15):
+        self.size, self.scale, self.jitter = size, scale, jitter
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        area = torch.empty(1).uniform_(*self.scale).item()
+        log_j = torch.empty(1).uniform_(-1.0, 1.0).item() * float(torch.log(torch.tensor(self.jitter)))
+        aspect = float(torch.exp(torch.tensor(log_j)))
+        cw = min(w, max(1, round(w * (area * aspect) ** 0.5)))
+        ch = min(h, max(1, round(h * (area / aspect) ** 0.5)))
+        x0 = int(torch.randint(0, w - cw + 1, (1,)))
+        y0 = int(torch.randint(0, h - ch + 1, (1,)))
+        return img.resize((self.size, self.size), Image.Resampling.BICUBIC, box=(x0, y0, x0 + cw, y0 + ch))
+
+
 def train_transform(spec: ModelSpec, flip: bool = False, strength: float = 1.0):
     """Augmenting PIL -> tensor transform for metric learning; ``strength`` scales every effect.
 
@@ -39,15 +63,7 @@ def train_transform(spec: ModelSpec, flip: bool = False, strength: float = 1.0):
     """
     s = spec.input_size
     a = max(0.0, float(strength))
-    ops: list = [
-        T.RandomResizedCrop(
-            (s, s),
-            scale=(max(0.35, 1.0 - 0.4 * a), 1.0),
-            ratio=(0.8, 1.25),
-            interpolation=T.InterpolationMode.BICUBIC,
-            antialias=True,
-        ),
-    ]
+    ops: list = [RandomCropSquash(s, scale=(max(0.35, 1.0 - 0.4 * a), 1.0), jitter=1.0 + 0.15 * a)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
     if a > 0:

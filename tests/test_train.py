@@ -56,6 +56,40 @@ def small_archive(tmp_path_factory):
     return make_archive(str(tmp_path_factory.mktemp("arch") / "archive"))
 
 
+def test_split_cache_and_validation_pixels(tmp_path, small_archive):
+    """Identity-disjoint hold-out; the cache keeps every row or names why not; validation pixels
+    are exactly what the embed job feeds the model (reid.preprocess)."""
+    from reid import traindata
+    from reid.preprocess import decode_for_model
+
+    labels = traindata.read_labels(small_archive)
+    split = traindata.make_split(labels, val_fraction=0.25, seed=0, min_train_images=2)
+    train_ids = set(split.train.column("individual_id").to_pylist())
+    val_ids = set(split.val.column("individual_id").to_pylist())
+    assert len(val_ids) == 2 and not train_ids & val_ids and len(split.classes) == 6
+    # A corrupt row is reported as a reject with its reason, not silently dropped.
+    bad = make_archive(str(tmp_path / "bad"), individuals=2, per=3)
+    w = ArchiveWriter(bad)
+    w.add({"image_id": "broken", "image": b"not an image", "individual_id": "ind0", "source": "x.png"})
+    w.close()
+    info = traindata.ensure_cache(bad, ["broken", *traindata.read_labels(bad).column("image_id").to_pylist()],
+                                  str(tmp_path / "cache"), "train", 32)  # fmt: skip
+    assert info.rows == 6 and [r["image_id"] for r in info.rejects] == ["broken"]
+    assert "corrupt" in info.rejects[0]["reason"]
+    again = traindata.ensure_cache(bad, ["broken", *traindata.read_labels(bad).column("image_id").to_pylist()],
+                                   str(tmp_path / "cache"), "train", 32)  # fmt: skip
+    assert not again.built and again.path == info.path
+    ids = split.val.column("image_id").to_pylist()
+    ev = traindata.ensure_cache(small_archive, ids, str(tmp_path / "cache"), "eval", 40)
+    ds = traindata.CachedImages(ev.path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size=40)
+    from reid.archive import read_archive
+
+    rows = {r["image_id"]: r for r in read_archive(small_archive).to_pylist()}
+    x, _ = ds[0]
+    want, _ = decode_for_model(rows[ds.image_ids[0]]["image"], None, 40)
+    assert np.allclose(x.numpy(), (want.transpose(2, 0, 1) / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
 def test_bad_config_fails_before_any_worker(tmp_path, small_archive):
     import ray
 
@@ -163,3 +197,20 @@ def test_killed_worker_and_rerun_resume_from_checkpoints(tmp_path, small_archive
     )
     assert more["epochs_run"] == 4 and 3 in more["resumed_from_epochs"]
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_train_to_s3(s3_bucket, small_archive, ray_local):
+    """Model package, history, manifest and Ray checkpoints all land under an s3:// --out."""
+    from jobs.train import make_config, run
+    from reid import storage
+    from reid.model import load_package
+
+    out = f"{s3_bucket}/models/m1"
+    summary = run(make_config(archive=small_archive, out=out, epochs=1, steps_per_epoch=3,
+                              **{**FAST, "workers": 1}))  # fmt: skip
+    assert summary["epochs_run"] == 1
+    assert load_package(out)[1].backbone == "resnet10t"
+    for name in ("history.json", "_manifest.json", "_ray/train/epoch-0001/state.pt"):
+        assert storage.exists(storage.join(out, name)), name
