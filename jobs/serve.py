@@ -18,6 +18,7 @@ used as a filesystem path, and the page's own files come from a fixed table.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -390,6 +391,10 @@ def create_app(
     for path in PAGES:
         app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/api/info")
     def info() -> dict:
         examples = [{**e, "thumb": f"/thumb/{e['image_id']}"} for e in matcher.examples]
@@ -505,6 +510,27 @@ def create_app(
         return {"count": len(t), "reviews": rows[::-1]}
 
     return app
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    """Serve ``app`` with uvicorn in a background thread; yields its URL (port 0 = any free port)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="reid-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ReidError(f"the server did not start on {host}:{port} (port in use?)")
+        time.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 # --------------------------------------------------------------------------------------------

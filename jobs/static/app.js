@@ -20,6 +20,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const fmt = (x) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(3));
+const ms = (x) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(1));
 const mb = (n) => (n / (1024 * 1024)).toFixed(n >= 1024 * 1024 ? 0 : 2) + " MB";
 
 async function api(path, options = {}) {
@@ -120,13 +121,19 @@ function render(answer) {
       el("small", { text: `score ${fmt(best.score)} ≥ threshold ${thr === null ? "n/a" : fmt(thr)}` }));
   }
   const t = answer.timing_ms || {};
-  v.append(el("small", { text: `answered in ${fmt(t.total)} ms (embed ${fmt(t.embed)}, search ${fmt(t.search)})` +
+  v.append(el("small", { text: `answered in ${ms(t.total)} ms (embed ${ms(t.embed)}, search ${ms(t.search)})` +
                                 (answer.archive_label ? ` · archive label of the query: ${answer.archive_label}` : "") }));
+  // Score bars span [lo, 1], lo a round value under the threshold and every score shown: cosine
+  // scores of one species crowd near 1, and a 0..1 bar would hide the differences.
+  const lowest = Math.min(...answer.candidates.map((c) => c.score), thr === null ? 1 : thr);
+  const lo = Math.max(-1, Math.floor((lowest - 0.02) * 20) / 20);
+  const pos = (x) => `${Math.max(0, Math.min(1, (x - lo) / (1 - lo))) * 100}%`;
+  if (answer.candidates.length) list.append(el("li", { class: "muted scale", text: `score bars span ${lo.toFixed(2)} to 1; the black mark is the threshold` }));
   for (const c of answer.candidates) {
     const under = thr !== null && c.score < thr;
     const bar = el("div", { class: "bar" }, el("i"));
-    bar.firstChild.style.width = `${Math.max(0, Math.min(1, c.score)) * 100}%`;
-    if (thr !== null) { const m = el("b", { title: `threshold ${fmt(thr)}` }); m.style.left = `${Math.max(0, thr) * 100}%`; bar.append(m); }
+    bar.firstChild.style.width = pos(c.score);
+    if (thr !== null) { const m = el("b", { title: `threshold ${fmt(thr)}` }); m.style.left = pos(thr); bar.append(m); }
     const thumbs = el("div", { class: "thumbs" });
     for (const im of c.images) thumbs.append(el("img", { src: im.thumb, alt: `${c.individual_id}: ${im.image_id}`,
                                                          title: `${im.image_id} · score ${fmt(im.score)}` }));
@@ -189,4 +196,5 @@ function setupDrop() {
 window.addEventListener("DOMContentLoaded", () => {
   setupDrop();
   loadInfo().catch((e) => showError(`could not load the index: ${e.message}`));
+  loadRecent().catch(() => {});
 });
