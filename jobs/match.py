@@ -128,13 +128,20 @@ def _cached_shard(index_uri: str, version: str, s: int, gpu: bool):
 
 def search_task(index_uri: str, version: str, shard: int, block: Block, k: int, exclude, nprobe, gpu: bool):
     """One (shard x query block) task: the block's top-k in the shard, as global ids."""
+    c0 = time.process_time()
     rindex.set_threads(1)
     (index, gallery, offset, model_id), load_s = _cached_shard(index_uri, version, shard, gpu)
     t0 = time.perf_counter()
     vectors, meta = read_block(block, model_id)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     d, i = matching.search_shard(index, vectors, k, meta, gallery, exclude, nprobe)
-    timing = {"load_s": load_s, "read_s": t1 - t0, "search_s": time.perf_counter() - t1}
+    timing = {
+        "load_s": load_s,
+        "read_s": t1 - t0,
+        "search_s": time.perf_counter() - t1,
+        "search_cpu_s": time.process_time() - c1,
+        "cpu_s": time.process_time() - c0,
+    }
     return block.id, meta if shard == 0 else None, d, matching.to_global(i, offset), timing
 
 
@@ -186,7 +193,10 @@ def knn(
     best: dict[int, list] = {}  # block id -> [meta, scores, ids, shards done]
     pending: dict = {}
     todo = iter(task_order(n_shards, blocks, window))
-    timing = {"load_s": 0.0, "read_s": 0.0, "search_s": 0.0}
+    timing = dict.fromkeys(
+        ["load_s", "read_s", "search_s", "search_cpu_s", "cpu_s"], 0.0
+    )  # summed over tasks
+    driver_cpu = time.process_time()
     bar = progress(None, total=sum(b.n for b in blocks), desc=desc, unit="query")
     try:
         while True:
@@ -222,6 +232,7 @@ def knn(
         for ref in pending:
             ray.cancel(ref)
     if stats is not None:
+        timing["driver_cpu_s"] = time.process_time() - driver_cpu
         stats.update({key: round(v, 3) for key, v in timing.items()})
         stats.update(workers=n_workers, gpus=n_gpus)
 
