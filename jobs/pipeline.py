@@ -90,7 +90,10 @@ def _parse(uri: str) -> dict:
         if uri.endswith((".yaml", ".yml")):
             data = yaml.safe_load(text)
         else:
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
