@@ -142,7 +142,10 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"config file {path}: not found")
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib  # Python 3.11+
+            try:
+                import tomllib  # Python 3.11+
+            except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+                import tomli as tomllib
 
             data = tomllib.loads(p.read_text())
         elif p.suffix.lower() in (".yaml", ".yml"):
