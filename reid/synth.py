@@ -296,6 +296,7 @@ class _Sprites:
         self.h = int(round(self.w * 0.7))
         self.base = _species_colour(config.species)
         self._cache: dict[tuple[int, str, int], Image.Image] = {}
+        self._cache_size = max(16, 32_000_000 // (self.w * self.h * 4))  # ~32 MB; images come by individual
         yy, xx = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
         self.xx, self.yy = xx, yy
 
@@ -306,7 +307,7 @@ class _Sprites:
             img = self._render(individual, viewpoint, gait)
             if viewpoint == "left":  # the left flank is seen with the animal facing left
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            if len(self._cache) > 4096:
+            if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[key] = img
         return img
