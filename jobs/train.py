@@ -784,7 +784,8 @@ def run(cfg: TrainConfig) -> dict:
         archive.write_rejects(cfg.out, rejects)
     resources = connect(cfg.address)
     local_ray = not (cfg.address or os.environ.get("RAY_ADDRESS")) or _is_local_ray()
-    _check_resources(cfg, resources)
+    if local_ray:  # a fixed machine: asking for more than it has would wait forever (clusters autoscale)
+        _check_resources(cfg, resources)
     gpu = cfg.gpus_per_worker > 0
     path, fs = _storage(cfg)
     per_worker = {"CPU": cfg.cpus_per_worker}
