@@ -15,6 +15,7 @@
 # S3=1 (0: no local S3; the nodes then use your AWS variables), S3_PORT (default: a free port),
 # S3_BUCKET=reid (a bucket created empty on the local S3),
 # AUTH=1 (Ray token authentication with a token made for this cluster; 0: none),
+# STOP_GRACE_S=30 (how long `down` lets each node shut down cleanly before SIGKILL),
 # PYTHON / RAY (default: the python and ray on PATH, e.g. the project's .venv/bin). Other RAY_*
 # variables reach the nodes, e.g. RAY_health_check_period_ms to notice a lost node sooner.
 #
@@ -32,6 +33,7 @@ GCS_PORT=${GCS_PORT:-6379}
 S3=${S3:-1}
 S3_BUCKET=${S3_BUCKET:-reid}
 AUTH=${AUTH:-1}
+STOP_GRACE_S=${STOP_GRACE_S:-30}
 PYTHON=${PYTHON:-python}
 RAY=${RAY:-ray}
 TEMP="$STATE_DIR/ray"
@@ -142,9 +144,16 @@ start_head() {
   echo "$GCS_PORT $DASHBOARD_PORT" >"$STATE_DIR/head.ports"
 }
 
-add_worker() {
+add_worker() {  # a busy machine can miss Ray's 30 s registration deadline: one more try
+  start_worker && return 0
+  grep -q "timed out during startup" "$LOGS/worker-$n.log" 2>/dev/null || die "worker-$n exited; see $LOGS/worker-$n.log"
+  echo "worker-$n did not register in time; trying once more" >&2
+  start_worker || die "worker-$n exited; see $LOGS/worker-$n.log"
+}
+
+start_worker() {  # sets n, the new worker's number
   alive "$STATE_DIR/head.pid" || die "no head running in $STATE_DIR: run 'up' first"
-  local gcs n p
+  local gcs p
   read -r gcs _ <"$STATE_DIR/head.ports"
   n=$(($(find "$STATE_DIR" -maxdepth 1 -name 'worker-*.pid' | wc -l) + 1))
   while [[ -e "$STATE_DIR/worker-$n.pid" || -e "$LOGS/worker-$n.log" ]]; do n=$((n + 1)); done
@@ -157,7 +166,10 @@ add_worker() {
     --runtime-env-agent-port="${p[4]}" --metrics-export-port="${p[5]}" \
     --temp-dir="$TEMP" >"$LOGS/worker-$n.log" 2>&1 &
   echo $! >"$STATE_DIR/worker-$n.pid"
-  wait_log "$LOGS/worker-$n.log" "Ray runtime started" 120 "$(cat "$STATE_DIR/worker-$n.pid")"
+  if ! (wait_log "$LOGS/worker-$n.log" "Ray runtime started" 120 "$(cat "$STATE_DIR/worker-$n.pid")"); then
+    rm -f "$STATE_DIR/worker-$n.pid"
+    return 1
+  fi
   echo "worker-$n up (pid $(cat "$STATE_DIR/worker-$n.pid"))"
 }
 
@@ -178,7 +190,7 @@ stop_node() {  # PIDFILE: SIGTERM its `ray start --block` (a clean node shutdown
     local below
     below=$(descendants "$pid")
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq $((STOP_GRACE_S * 2))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     # shellcheck disable=SC2086
     kill -KILL $pid $below 2>/dev/null || true
   fi
