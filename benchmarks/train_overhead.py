@@ -5,7 +5,7 @@ archive with the same torch thread count; the Ray side runs it inside a TorchTra
 reports metrics after every epoch, as training does. Throughput is measured after a warm-up
 epoch, as the median over epochs; the plain loop is measured before and after the Ray run and
 averaged, so drift in machine load does not count as overhead. Ray's start-up (cluster, worker
-process, process group) is reported separately: it is paid once per run, not per step.
+process, process group, model build) is reported separately as ray_fixed_s: paid once per run.
 
     python benchmarks/train_overhead.py [--epochs 4] [--steps 12] [--threads 2]
 
@@ -53,24 +53,26 @@ def make_archive(out: str, individuals: int = 16, per: int = 8, size: int = 64) 
     return out
 
 
-def measure(session: Session, epochs: int, report=None) -> list[float]:
-    """Images/s of each epoch after the first (warm-up)."""
-    rates = []
+def measure(session: Session, epochs: int, report=None) -> tuple[float, float]:
+    """Median images/s over the epochs after the first (warm-up), and the median share of time
+    spent waiting for data (decode + augmentation) rather than computing."""
+    rates, data = [], []
     for epoch in range(epochs + 1):
         stats = session.train_epoch(epoch)
         if report is not None:
             report({"epoch": epoch, "images_per_s": stats["images_per_s"]})
         if epoch:
             rates.append(stats["images_per_s"])
-    return rates
+            data.append(stats["data_s"] / stats["train_s"])
+    return statistics.median(rates), statistics.median(data)
 
 
-def plain(cfg_dict: dict, epochs: int, threads: int) -> float:
+def plain(cfg_dict: dict, epochs: int, threads: int) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(threads)
     session = Session(make_config(**cfg_dict))
-    return statistics.median(measure(session, epochs))
+    return measure(session, epochs)
 
 
 def ray_worker(config: dict) -> None:
@@ -83,8 +85,11 @@ def ray_worker(config: dict) -> None:
     session = Session(make_config(**config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(),
                       ray.train.torch.get_device())  # fmt: skip
     session.wrap()  # a no-op with one worker, as in `reid train`
-    rates = measure(session, config["epochs"], report=ray.train.report)
-    ray.train.report({"median_images_per_s": statistics.median(rates), "epoch": -1})
+    rate, data_share = measure(session, config["epochs"], report=ray.train.report)
+    if ctx.get_world_rank() == 0:  # Ray's Result keeps metrics of checkpointed reports only: use a file
+        with open(config["result_path"], "w") as f:
+            json.dump({"images_per_s": rate, "data_share": data_share, "threads": torch.get_num_threads(),
+                       "cpus": len(os.sched_getaffinity(0))}, f)  # fmt: skip
 
 
 def main() -> None:
@@ -101,26 +106,35 @@ def main() -> None:
 
     from cluster.runtime import connect
 
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+
     with tempfile.TemporaryDirectory() as tmp:
         archive = make_archive(os.path.join(tmp, "archive"))
         cfg = dict(archive=archive, out=os.path.join(tmp, "model"), backbone=args.backbone,
                    input_size=args.input_size, embedding_dim=128, p=4, k=4, steps_per_epoch=args.steps,
                    epochs=args.epochs + 1, loss="triplet", miner="semihard", val_fraction=0.0,
                    cpus_per_worker=args.threads, torch_threads=args.threads)  # fmt: skip
-        before = plain(cfg, args.epochs, args.threads)
+        before, data_before = plain(cfg, args.epochs, args.threads)
         t0 = time.perf_counter()
         connect(num_cpus=max(2, args.threads))
         trainer = TorchTrainer(
             ray_worker,
-            train_loop_config={"cfg": cfg, "epochs": args.epochs, "threads": args.threads},
+            train_loop_config={
+                "cfg": cfg,
+                "epochs": args.epochs,
+                "threads": args.threads,
+                "result_path": os.path.join(tmp, "ray_result.json"),
+            },  # fmt: skip
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
             run_config=ray.train.RunConfig(name="bench", storage_path=os.path.join(tmp, "ray")),
         )
-        result = trainer.fit()
+        trainer.fit()
         ray_wall = time.perf_counter() - t0
-        ray_rate = result.metrics["median_images_per_s"]
-        after = plain(cfg, args.epochs, args.threads)
+        with open(os.path.join(tmp, "ray_result.json")) as f:
+            ray = json.load(f)
+        ray_rate = ray["images_per_s"]
+        after, data_after = plain(cfg, args.epochs, args.threads)
     plain_rate = (before + after) / 2
     batch = cfg["p"] * cfg["k"]
     ray_compute = (args.epochs + 1) * args.steps * batch / ray_rate
@@ -129,12 +143,16 @@ def main() -> None:
         "input_size": args.input_size,
         "batch": batch,
         "threads": args.threads,
+        "load_avg_1m": round(os.getloadavg()[0], 1),  # other processes competing for the CPUs
         "plain_images_per_s": round(plain_rate, 2),
         "plain_before_after": [round(before, 2), round(after, 2)],
         "ray_images_per_s": round(ray_rate, 2),
+        "plain_data_share": round((data_before + data_after) / 2, 3),
+        "ray_data_share": round(ray["data_share"], 3),
+        "ray_worker_threads_cpus": [ray["threads"], ray["cpus"]],
         "ray_vs_plain": round(ray_rate / plain_rate, 3),
         "overhead_pct": round(100 * (1 - ray_rate / plain_rate), 1),
-        "ray_startup_s": round(max(0.0, ray_wall - ray_compute), 1),
+        "ray_fixed_s": round(max(0.0, ray_wall - ray_compute), 1),  # start-up, once per run
     }
     print(json.dumps(figures))
 
