@@ -1,8 +1,8 @@
 """`reid match INDEX --out MATCHES [--k 10] [--query EMBEDDINGS]`: sharded all-vs-all k-NN.
 
-Work = (shard x query block) Ray tasks: a task reads its block of queries straight from the
-embeddings files and searches one shard (kept loaded in the worker between tasks, on a GPU when
-the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it
+Work = (shard x query block) Ray tasks: a read task loads each block of queries once from the
+embeddings files into the object store, and every search task takes one block and one shard
+(kept loaded in the worker between tasks, on a GPU when the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it
 holds O(block*k) per block in flight (O(N*k) at most) and nobody builds the dense N x N matrix. Each finished block is committed as
 ``matches/part-<block>.parquet`` (a re-run skips them); decisions, proposed new individuals and
 the population tables follow; ``_manifest.json`` is written last.
@@ -126,23 +126,30 @@ def _cached_shard(index_uri: str, version: str, s: int, gpu: bool):
     return _SHARDS[key], time.perf_counter() - t0
 
 
-def search_task(index_uri: str, version: str, shard: int, block: Block, k: int, exclude, nprobe, gpu: bool):
+def read_task(block: Block, model_id: str):
+    """Read a block of queries once; its (shard x block) search tasks share it via the object store."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    data = read_block(block, model_id)
+    return data, {"read_s": time.perf_counter() - t0, "read_cpu_s": time.process_time() - c0}
+
+
+def search_task(
+    index_uri: str, version: str, shard: int, block_id: int, data, k: int, exclude, nprobe, gpu: bool
+):
     """One (shard x query block) task: the block's top-k in the shard, as global ids."""
     c0 = time.process_time()
     rindex.set_threads(1)
-    (index, gallery, offset, model_id), load_s = _cached_shard(index_uri, version, shard, gpu)
-    t0 = time.perf_counter()
-    vectors, meta = read_block(block, model_id)
+    (index, gallery, offset, _), load_s = _cached_shard(index_uri, version, shard, gpu)
+    vectors, meta = data
     t1, c1 = time.perf_counter(), time.process_time()
     d, i = matching.search_shard(index, vectors, k, meta, gallery, exclude, nprobe)
     timing = {
         "load_s": load_s,
-        "read_s": t1 - t0,
         "search_s": time.perf_counter() - t1,
         "search_cpu_s": time.process_time() - c1,
         "cpu_s": time.process_time() - c0,
     }
-    return block.id, meta if shard == 0 else None, d, matching.to_global(i, offset), timing
+    return block_id, meta if shard == 0 else None, d, matching.to_global(i, offset), timing
 
 
 def _unwrap(e: Exception) -> Exception:
@@ -189,13 +196,14 @@ def knn(
     task = ray.remote(search_task).options(
         num_cpus=1, num_gpus=1 if n_gpus else 0, runtime_env=task_env(), max_retries=2
     )
+    reader = ray.remote(read_task).options(num_cpus=1, num_returns=2, runtime_env=task_env(), max_retries=2)
+    data: dict[int, object] = {}  # block id -> ref of (vectors, metadata), until the block completes
+    read_timings = []
     by_id = {b.id: b for b in blocks}
     best: dict[int, list] = {}  # block id -> [meta, scores, ids, shards done]
     pending: dict = {}
     todo = iter(task_order(n_shards, blocks, window))
-    timing = dict.fromkeys(
-        ["load_s", "read_s", "search_s", "search_cpu_s", "cpu_s"], 0.0
-    )  # summed over tasks
+    timing = dict.fromkeys(["load_s", "search_s", "search_cpu_s", "cpu_s"], 0.0)  # summed over tasks
     driver_cpu = time.process_time()
     bar = progress(None, total=sum(b.n for b in blocks), desc=desc, unit="query")
     try:
@@ -205,7 +213,13 @@ def knn(
                 if nxt is None:
                     break
                 s, b = nxt
-                pending[task.remote(info.uri, info.version, s, b, k, exclude, nprobe, bool(n_gpus))] = b.id
+                if b.id not in data:
+                    data[b.id], t = reader.remote(b, info.model_id)
+                    read_timings.append(t)
+                ref = task.remote(
+                    info.uri, info.version, s, b.id, data[b.id], k, exclude, nprobe, bool(n_gpus)
+                )
+                pending[ref] = b.id
             if not pending:
                 break
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -225,6 +239,7 @@ def knn(
                 best[block_id] = [meta, d, g, 1]  # metadata comes with shard 0's result
             if best[block_id][3] == n_shards:
                 meta, d, g, _ = best.pop(block_id)
+                data.pop(block_id, None)  # frees the block in the object store
                 bar.update(by_id[block_id].n)
                 yield by_id[block_id], meta, d, g
     finally:
@@ -233,6 +248,9 @@ def knn(
             ray.cancel(ref)
     if stats is not None:
         timing["driver_cpu_s"] = time.process_time() - driver_cpu
+        reads = ray.get(read_timings)
+        timing["read_s"] = sum(r["read_s"] for r in reads)
+        timing["cpu_s"] += sum(r["read_cpu_s"] for r in reads)
         stats.update({key: round(v, 3) for key, v in timing.items()})
         stats.update(workers=n_workers, gpus=n_gpus)
 

@@ -156,6 +156,9 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
     )
     with pytest.raises(ReidError, match="model_id 'model-b' differs .*'model-a'"):
         jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-b"), query=other))
+    loose = write_embeddings(str(tmp_path / "loose"), x[:10] * 2, [f"l{i}" for i in range(10)])
+    with pytest.raises(ReidError, match="not L2-normalised"):  # found inside a Ray task, raised as itself
+        jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-l"), query=loose))
     small = write_embeddings(str(tmp_path / "d16"), grid_vectors(10, d=16), [f"s{i}" for i in range(10)])
     with pytest.raises(ReidError, match="dim 16, the index .* has dim 32"):
         jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-d"), query=small))
