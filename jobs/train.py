@@ -432,7 +432,10 @@ class Session:
             else 1
         )
         t0 = time.perf_counter()
+        data_s = 0.0  # time spent waiting for batches (decode + augmentation when data_workers = 0)
+        t_wait = time.perf_counter()
         for x, y in self.loader:
+            data_s += time.perf_counter() - t_wait
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
@@ -448,6 +451,7 @@ class Session:
             images += len(x)
             if max_steps and steps >= max_steps:
                 break
+            t_wait = time.perf_counter()
         wall = time.perf_counter() - t0
         mean = torch.tensor([total / max(1, steps), float(images)], dtype=torch.float64)
         if _distributed(self.world):
@@ -462,6 +466,7 @@ class Session:
             "images_per_s": rate,
             "steps": steps,
             "train_s": wall,
+            "data_s": data_s,
         }
 
     def embed_val(self):
