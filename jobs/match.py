@@ -326,9 +326,30 @@ def _prepare_output(cfg: MatchConfig, plan_key: str, decision_key: str) -> dict 
     return None
 
 
-def _read_parts(out: str, kind: str, n_blocks: int, columns: list[str] | None = None) -> pa.Table:
-    tables = [storage.read_parquet(_part(out, kind, b), columns=columns) for b in range(n_blocks)]
-    return pa.concat_tables(tables)
+def decide_blocks(out: str, n_blocks: int, threshold: float | None) -> tuple[pa.Table, pa.Table, int]:
+    """Decisions block by block, then the new-individual groups from the few edges they need.
+
+    Memory: O(N) decisions + the edges of new, unlabelled images; never all N*k matches at once.
+    Returns (decisions, proposed new individuals, number of match rows).
+    """
+    decisions, edges, n_matches = [], [], 0
+    cols = ["query_id", "neighbor_id", "rank", "score", "neighbor_individual_id"]
+    for b in range(n_blocks):
+        queries = storage.read_parquet(_part(out, "queries", b))
+        matches = storage.read_parquet(_part(out, "matches", b), columns=cols)
+        n_matches += len(matches)
+        dec = matching.decide(queries, matches, threshold)
+        decisions.append(dec)
+        new = dec.filter(pc.and_(dec.column("is_new"), pc.is_null(dec.column("individual_id"))))
+        keep = pc.is_in(matches.column("query_id"), value_set=new.column("query_id").combine_chunks())
+        if threshold is not None:
+            keep = pc.and_(
+                keep, pc.greater_equal(matches.column("score"), pa.scalar(threshold, pa.float32()))
+            )
+        edges.append(matches.filter(keep).select(["query_id", "neighbor_id", "score"]))
+    decisions = pa.concat_tables(decisions)
+    proposed = matching.group_new(decisions, pa.concat_tables(edges), threshold)
+    return decisions, proposed, n_matches
 
 
 def run(cfg: MatchConfig) -> dict:
@@ -365,17 +386,14 @@ def run(cfg: MatchConfig) -> dict:
         )
     knn_s = time.perf_counter() - t_knn
 
-    queries = _read_parts(cfg.out, "queries", len(blocks))
-    matches = _read_parts(cfg.out, "matches", len(blocks))
-    decisions = matching.decide(queries, matches, threshold)
-    proposed = matching.group_new(decisions, matches, threshold)
+    decisions, proposed, n_matches = decide_blocks(cfg.out, len(blocks), threshold)
     storage.write_parquet(decisions, storage.join(cfg.out, "decisions.parquet"))
     storage.write_parquet(proposed, storage.join(cfg.out, "new_individuals.parquet"))
-    n_q = len(queries)
+    n_q = len(decisions)
     summary = {
         "queries": n_q,
         "index_images": info.ntotal,
-        "matches": len(matches),
+        "matches": n_matches,
         "k": cfg.k,
         "factory": info.factory,
         "nprobe": nprobe if "IVF" in info.factory else None,
@@ -412,7 +430,7 @@ def run(cfg: MatchConfig) -> dict:
         JOB,
         cfg.model_dump(),
         [cfg.index] + ([cfg.query] if cfg.query else []),
-        {"queries": n_q, "matches": len(matches), "new": summary["predicted_new"]},
+        {"queries": n_q, "matches": n_matches, "new": summary["predicted_new"]},
         started,
         index_version=info.version,
         model_id=info.model_id,

@@ -169,6 +169,31 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
         jindex.run(jindex.IndexConfig(embeddings=[inputs[0], dup], out=str(tmp_path / "dups")))
 
 
+def test_block_decisions_equal_whole_table_decisions(tmp_path, ray_local):
+    """Decisions and new-individual groups computed block by block = on all matches at once."""
+    from reid import matching
+
+    x, ind = clustered_vectors(1500, d=32, seed=13, spread=1.0, noise=0.3)
+    labels = [None if i % 3 == 0 or j % 4 == 0 else f"ind{j}" for i, j in enumerate(ind)]
+    idx, out = str(tmp_path / "idx"), str(tmp_path / "m")
+    jindex.run(jindex.IndexConfig(embeddings=survey_years(tmp_path, x, labels), out=idx, shard_size=600))
+    s = jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=8, query_block=256))
+    assert s["threshold"] is not None and s["proposed_new_individuals"] > 0
+    queries = pa.concat_tables(
+        [storage.read_parquet(f) for f in storage.list_files(storage.join(out, "queries"), ".parquet")]
+    )
+    matches = jmatch.read_matches(out)
+    whole = matching.decide(queries, matches, s["threshold"])
+    got = storage.read_parquet(storage.join(out, "decisions.parquet"))
+    assert got.sort_by("query_id").equals(whole.sort_by("query_id"))
+    proposed = matching.group_new(whole, matches, s["threshold"]).sort_by("image_id")
+    assert (
+        storage.read_parquet(storage.join(out, "new_individuals.parquet"))
+        .sort_by("image_id")
+        .equals(proposed)
+    )
+
+
 def test_failed_rebuild_keeps_previous_version_in_service(tmp_path, ray_local):
     x = grid_vectors(600, seed=8)
     idx = str(tmp_path / "idx")
