@@ -4,7 +4,7 @@ Steps: validate every input (embed manifests, one model, one dim, unique image i
 factory by size -> train the coarse quantizer once on a sample (a Ray task) -> build shards of
 bounded size in parallel (Ray tasks: read rows, add to a copy of the trained index, write the
 FAISS file, then the id table as the shard's commit) -> calibrate the new-individual threshold on
-labelled images (searcher actors of `reid match`) -> write the version's manifests -> switch the
+labelled images (the search tasks of `reid match`) -> write the version's manifests -> switch the
 pointer ``INDEX/_manifest.json`` last. A failed build leaves the previous version in service; a
 re-run of the same build resumes its version (committed shards are skipped).
 """

@@ -58,7 +58,9 @@ class MatchConfig(BaseModel):
     threshold: float | None = Field(None, description="new-individual threshold (default: the index's)")
     use_labels: bool = Field(True, description="labelled images keep their label in population tables")
     query_block: int = Field(8192, ge=1, description="queries per task")
-    workers: int | None = Field(None, ge=1, description="searcher actors (default: one per CPU or GPU)")
+    workers: int | None = Field(
+        None, ge=1, description="search tasks in flight, x2 (default: one per CPU or GPU)"
+    )
     gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
     force: bool = False
     address: str | None = None
@@ -69,7 +71,7 @@ class MatchConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Query blocks and the searcher actors (shared with `reid index`, which calibrates with them)
+# Query blocks and the (shard x block) search tasks (shared with `reid index`, which calibrates with them)
 
 
 @dataclass
@@ -466,7 +468,9 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(None, help="new-individual score threshold (default: the index's)"),
         use_labels: bool = typer.Option(True, help="labelled images keep their label in population tables"),
         query_block: int = typer.Option(8192, help="queries per task"),
-        workers: int = typer.Option(None, help="searcher actors (default: one per CPU, or per GPU)"),
+        workers: int = typer.Option(
+            None, help="search tasks in flight, x2 (default: one per CPU, or per GPU)"
+        ),
         gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="GPU FAISS (default: when GPUs exist)"),
         force: bool = typer.Option(False, help="recompute even a committed output"),
         address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
