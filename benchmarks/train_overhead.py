@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jobs.train import Session, make_config  # noqa: E402
+from jobs.train import Session, make_config, normal_priority  # noqa: E402
 from reid.archive import ArchiveWriter, stable_id  # noqa: E402
 
 
@@ -80,6 +80,7 @@ def ray_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    nice = normal_priority()  # as `reid train`'s worker does (Ray starts workers at nice 15)
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
     session = Session(make_config(**config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(),
@@ -89,7 +90,7 @@ def ray_worker(config: dict) -> None:
     if ctx.get_world_rank() == 0:  # Ray's Result keeps metrics of checkpointed reports only: use a file
         with open(config["result_path"], "w") as f:
             json.dump({"images_per_s": rate, "data_share": data_share, "threads": torch.get_num_threads(),
-                       "cpus": len(os.sched_getaffinity(0))}, f)  # fmt: skip
+                       "cpus": len(os.sched_getaffinity(0)), "nice": nice}, f)  # fmt: skip
 
 
 def main() -> None:
@@ -149,7 +150,7 @@ def main() -> None:
         "ray_images_per_s": round(ray_rate, 2),
         "plain_data_share": round((data_before + data_after) / 2, 3),
         "ray_data_share": round(ray["data_share"], 3),
-        "ray_worker_threads_cpus": [ray["threads"], ray["cpus"]],
+        "ray_worker_threads_cpus_nice": [ray["threads"], ray["cpus"], ray["nice"]],
         "ray_vs_plain": round(ray_rate / plain_rate, 3),
         "overhead_pct": round(100 * (1 - ray_rate / plain_rate), 1),
         "ray_fixed_s": round(max(0.0, ray_wall - ray_compute), 1),  # start-up, once per run
