@@ -317,14 +317,10 @@ def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: 
 
 def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read a committed embeddings output (refuses one without a manifest), validated."""
-    from reid.schema import validate_embeddings
+    from reid.evaluation import read_embeddings as read_validated
 
-    manifest.require_manifest(uri, job=JOB)
-    files = storage.list_files(uri, suffix=".parquet")
-    table = pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
-    if columns is None:
-        validate_embeddings(table, uri)
-    return table
+    table, _ = read_validated(uri)
+    return table.select(columns) if columns else table
 
 
 def register(app: typer.Typer) -> None:
