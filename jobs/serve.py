@@ -34,7 +34,7 @@ import typer
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from reid import archive, imageio, manifest, matching, review, storage
 from reid import index as rindex
@@ -49,6 +49,7 @@ PAGES = {  # URL path -> (file in jobs/static, media type): the only files the p
 }
 UPLOAD_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}
 MB = 1024 * 1024
+MAX_DEPTH = 4096  # neighbours searched at most to find k distinct individuals
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
@@ -179,6 +180,7 @@ class Matcher:
         )
         ntotal = self.info.ntotal
         depth = min(ntotal, max(4 * k, 32))
+        limit = min(ntotal, MAX_DEPTH)
         while True:
             parts = []
             for index, meta, offset in self.shards:
@@ -186,26 +188,25 @@ class Matcher:
                 parts.append((d, matching.to_global(i, offset)))
             scores, gids = matching.merge_topk(parts, depth)
             found = self._group(scores[0], gids[0], k)
-            if len(found) >= k or depth >= ntotal:
-                return found
-            depth = min(ntotal, depth * 4)
+            if len(found) >= k or depth >= limit:
+                return found  # at most MAX_DEPTH neighbours: fewer candidates, never a full scan
+            depth = min(limit, depth * 4)
 
     def _group(self, scores: np.ndarray, gids: np.ndarray, k: int) -> list[dict]:
-        labels = self.gallery.column("individual_id")
-        ids = self.gallery.column("image_id")
+        ok = gids >= 0
+        take = pa.array(gids[ok])
+        labels = self.gallery.column("individual_id").take(take).to_pylist()
+        ids = self.gallery.column("image_id").take(take).to_pylist()
         out: dict[str, dict] = {}
-        for s, g in zip(scores.tolist(), gids.tolist(), strict=True):
-            if g < 0:
-                continue
-            ind = labels[g].as_py()
-            if ind is None:
+        for s, ind, image_id in zip(scores[ok].tolist(), labels, ids, strict=True):
+            if ind is None:  # unlabelled photos are not candidates (nothing to confirm them as)
                 continue
             if ind not in out:
                 if len(out) == k:
                     continue
-                out[ind] = {"individual_id": ind, "score": s, "image_id": ids[g].as_py(), "images": []}
+                out[ind] = {"individual_id": ind, "score": s, "image_id": image_id, "images": []}
             if len(out[ind]["images"]) < 3:
-                out[ind]["images"].append({"image_id": ids[g].as_py(), "score": s})
+                out[ind]["images"].append({"image_id": image_id, "score": s})
         for rank, c in enumerate(out.values(), start=1):
             c["rank"] = rank
             c["n_images"] = self.n_images.get(c["individual_id"], 0)
@@ -568,8 +569,9 @@ def register(app: typer.Typer) -> None:
             options = dict(host=host, port=port, k=k, threshold=threshold, examples=examples,
                            max_upload_bytes=int(max_upload_mb * MB), max_pixels=int(max_megapixels * 1e6))  # fmt: skip
             ServeConfig(index=index, model=model, **options)
-        except ValueError as e:
-            raise ConfigError(f"bad serve options: {e}") from e
+        except ValidationError as e:
+            why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise ConfigError(f"bad serve options: {why}") from None
         if not _is_loopback(host):
             typer.secho(
                 f"warning: listening on {host}: anyone who can reach it can query the archive and record "

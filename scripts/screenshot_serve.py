@@ -4,7 +4,7 @@
     python scripts/screenshot_serve.py OUT.png --build DIR                   # builds a small index
 
 Starts the app on 127.0.0.1 (a free port), opens the page, queries the first built-in example
-(or ``--upload PHOTO``), waits for every candidate thumbnail and saves a PNG. Needs the
+(``--example N`` for another, ``--upload PHOTO`` for a photo), waits for every candidate thumbnail and saves a PNG. Needs the
 playwright Python package and Chromium (Debian's /usr/bin/chromium; REID_CHROMIUM overrides).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,19 @@ ARGS = [
 ]
 
 
-def screenshot(url: str, out: Path, upload: Path | None = None, width: int = 1280, height: int = 900) -> Path:
+def wait_until(page, expression: str, timeout_s: float = 120.0) -> None:
+    """Poll a JS expression until it is true. (Playwright's wait_for_function evaluates strings,
+    which the page's Content-Security-Policy forbids; page.evaluate is not subject to it.)"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
+        page.wait_for_timeout(100)
+
+
+def screenshot(
+    url: str, out: Path, upload: Path | None = None, example: int = 0, width: int = 1280, height: int = 900
+) -> Path:
     """Open the page at ``url``, run one query, save the screenshot to ``out``."""
     from playwright.sync_api import sync_playwright
 
@@ -41,17 +54,15 @@ def screenshot(url: str, out: Path, upload: Path | None = None, width: int = 128
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+            page.set_default_timeout(120_000)
             page.goto(url, wait_until="load")
-            page.wait_for_selector("#examples img", timeout=30_000)
+            page.wait_for_selector("#examples img")
             if upload is not None:
                 page.set_input_files("#file", str(upload))
             else:
-                page.click("#examples button")
-            page.wait_for_selector("#verdict[data-verdict]", timeout=60_000)
-            page.wait_for_function(
-                "[...document.images].every(i => i.complete && (i.naturalWidth > 0 || !i.src))",
-                timeout=30_000,
-            )
+                page.locator("#examples button").nth(example).click()
+            page.wait_for_selector("#verdict[data-verdict]")
+            wait_until(page, "[...document.images].every(i => i.complete && (i.naturalWidth > 0 || !i.src))")
             page.screenshot(path=str(out), full_page=True)
         finally:
             browser.close()
@@ -65,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="the model package the index was built with")
     ap.add_argument("--archive", action="append", help="archive(s) for thumbnails (default: lineage)")
     ap.add_argument("--build", type=Path, help="no index at hand: build a small one in this folder")
-    ap.add_argument("--upload", type=Path, help="query with this photo instead of the first example")
+    ap.add_argument("--upload", type=Path, help="query with this photo instead of an example")
+    ap.add_argument("--example", type=int, default=0, help="which built-in example to query (0 = first)")
     ap.add_argument("--width", type=int, default=1280)
     a = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(a.index, a.model, a.archive)
     with running(app) as url:
-        print(screenshot(url, a.out, a.upload, a.width), file=sys.stderr)
+        print(screenshot(url, a.out, a.upload, a.example, a.width), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,22 @@ def build(root: Path) -> dict[str, str]:
     return paths
 
 
+_BUILT: dict = {}  # "paths" (the built inputs) or "error" (why the build failed)
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> dict[str, str]:
-    """The demo inputs, built once per test session."""
-    return build(tmp_path_factory.mktemp("serve"))
+    """The served inputs, built once per test session (each module imports this fixture, so the
+    build is cached here rather than by pytest, which would build once per importing module)."""
+    if "error" in _BUILT:  # a failed build is not retried by the next module
+        raise RuntimeError(f"building the served index failed earlier: {_BUILT['error']}")
+    if "paths" not in _BUILT:
+        try:
+            _BUILT["paths"] = build(tmp_path_factory.mktemp("serve"))
+        except Exception as e:
+            _BUILT["error"] = f"{type(e).__name__}: {e}"
+            raise
+    return _BUILT["paths"]
 
 
 def known_photo(archive_uri: str, labelled: bool = True) -> tuple[str, str | None, bytes]:

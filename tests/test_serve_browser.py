@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def page(url):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             pg = browser.new_page(viewport={"width": 1280, "height": 900})
+            pg.set_default_timeout(120_000)  # CI machines shared with other test runs can be slow
             pg.requests, pg.problems = [], []
             pg.on("request", lambda r: pg.requests.append(r.url))
             pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
@@ -61,6 +63,14 @@ def page(url):
             yield pg
         finally:
             browser.close()
+
+
+def wait_until(page, expression: str, timeout_s: float = 120.0) -> None:
+    """Poll a JS expression until true (wait_for_function evals strings, which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_s:.0f} s: {expression}"
+        page.wait_for_timeout(100)
 
 
 def upload(page, name: str, data: bytes, mime: str) -> None:
@@ -79,10 +89,11 @@ def test_known_photo_is_ranked_first_and_same_is_stored(page, served, url):  # n
     first = page.locator("#candidates .candidate").first
     assert first.get_attribute("data-individual") == individual
     assert float(first.get_attribute("data-score")) > 0.999
-    thumbs = page.eval_on_selector_all(
-        "#candidates img", "is => is.map(i => i.complete && i.naturalWidth > 0)"
+    # every candidate thumbnail loads from /thumb/<image_id> (a broken one never gets a width)
+    wait_until(
+        page, "[...document.querySelectorAll('#candidates img')].every(i => i.complete && i.naturalWidth)"
     )
-    assert thumbs and all(thumbs)  # every candidate thumbnail loaded from /thumb/<image_id>
+    assert page.locator("#candidates img").count() >= 5
 
     first.locator("button[data-decision=same]").click()
     page.wait_for_selector("#status[data-review-id]")
