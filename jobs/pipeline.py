@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from jobs.common import console, print_summary
-from jobs.submit import job_module, one_line
+from jobs.submit import job_module, one_line, output_fields
 from reid import manifest, storage
 from reid.errors import ConfigError, ReidError
 
@@ -52,7 +52,6 @@ EXECUTION_FIELDS = {
     "query_block",
 }
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)(?:\.([A-Za-z_]\w*))?\}")
-_OUTPUT_FIELDS = ("out", "output")
 
 
 class PipelineConfig(BaseModel):
@@ -76,8 +75,8 @@ class Step:
     @property
     def out(self) -> str | None:
         values = self.config.model_dump()
-        name = next((f for f in getattr(self.module, "OUTPUTS", None) or _OUTPUT_FIELDS if f in values), None)
-        return values[name] if name else None
+        names = output_fields(self.module, values)
+        return values[names[0]] if names else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,6 +131,11 @@ def is_location(value) -> bool:
     return "/" in value or value.startswith(("~", "."))
 
 
+def output_fields(module, values: dict) -> list[str]:
+    """The config fields that name a job's outputs: the module's ``OUTPUTS``, else ``out``-like names."""
+    return list(getattr(module, "OUTPUTS", None) or [k for k in values if _OUTPUT_NAMES.match(k)])
+
+
 def locations(module, config: BaseModel) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(inputs, outputs) of a config as (field, location) pairs.
 
@@ -138,7 +143,7 @@ def locations(module, config: BaseModel) -> tuple[list[tuple[str, str]], list[tu
     fields named like ``out`` and inputs are the other fields holding locations.
     """
     values = config.model_dump()
-    outputs = getattr(module, "OUTPUTS", None) or [k for k in values if _OUTPUT_NAMES.match(k)]
+    outputs = output_fields(module, values)
     inputs = getattr(module, "INPUTS", None) or [k for k in values if k not in outputs]
     pairs = lambda names: [(k, v) for k in names for v in _as_list(values.get(k)) if is_location(v)]  # noqa: E731
     return pairs(inputs), pairs(outputs)
