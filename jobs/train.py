@@ -859,7 +859,8 @@ def _summarize(cfg: TrainConfig, plan: DataPlan, history: list[dict], caches: di
         "best_epoch": best_epoch,
         "stopped_early": bool(trained) and trained[-1]["epoch"] < cfg.epochs,
         "train_images": caches["train"].rows if "train" in caches else len(plan.train_ids),
-        "train_individuals": len(plan.classes),
+        "train_individuals": len(set(plan.split.train.column("individual_id").to_pylist())),
+        "train_classes": len(plan.classes),  # individuals x viewpoint with flank_classes
         "val_images": caches["eval"].rows if "eval" in caches else 0,
         "val_individuals": len(set(plan.split.val.column("individual_id").to_pylist())),
         "split": plan.split.source,
