@@ -6,7 +6,7 @@
 #   infra/local-cluster.sh env           the variables to export:  eval "$(infra/local-cluster.sh env)"
 #   infra/local-cluster.sh status        the nodes and their resources
 #   infra/local-cluster.sh add-worker    one more worker node
-#   infra/local-cluster.sh kill-worker   SIGKILL the newest worker node and every process it runs (chaos)
+#   infra/local-cluster.sh kill-worker   SIGKILL a worker node (NODE_ID, default: the newest), all its processes
 #   infra/local-cluster.sh down          stop everything this script started (by pid, nothing else)
 #
 # Settings (environment): STATE_DIR (default /tmp/reid-local-cluster: pids, logs, Ray's temp dir;
@@ -197,13 +197,23 @@ stop_node() {  # PIDFILE: SIGTERM its `ray start --block` (a clean node shutdown
   rm -f "$pidfile"
 }
 
-kill_worker() {  # SIGKILL the newest worker node and all its processes at once: a lost machine
-  local pidfile pid
-  pidfile=$(find "$STATE_DIR" -maxdepth 1 -name 'worker-*.pid' | sort -V | tail -n 1)
-  [[ -n "$pidfile" ]] || die "no worker to kill"
+kill_worker() {  # [NODE_ID]: SIGKILL that worker node (default: the newest) and all its processes
+  local pidfile="" f pid
+  if [[ -n "${1:-}" ]]; then
+    for f in "$STATE_DIR"/worker-*.pid; do
+      [[ -f "$f" ]] || continue
+      for pid in $(descendants "$(cat "$f")"); do
+        grep -qa -- "--node_id=$1" "/proc/$pid/cmdline" 2>/dev/null && pidfile=$f
+      done
+    done
+    [[ -n "$pidfile" ]] || die "no worker node with id $1 in $STATE_DIR"
+  else
+    pidfile=$(find "$STATE_DIR" -maxdepth 1 -name 'worker-*.pid' | sort -V | tail -n 1)
+    [[ -n "$pidfile" ]] || die "no worker to kill"
+  fi
   pid=$(cat "$pidfile")
   # shellcheck disable=SC2046
-  kill -KILL "$pid" $(descendants "$pid") 2>/dev/null || true
+  kill -KILL "$pid" $(descendants "$pid") 2>/dev/null || true  # all at once: a lost machine
   rm -f "$pidfile"
   echo "killed $(basename "$pidfile" .pid) (pid $pid)"
 }
@@ -228,7 +238,7 @@ case "$cmd" in
     print_env
     ;;
   add-worker) add_worker ;;
-  kill-worker) kill_worker ;;
+  kill-worker) kill_worker "${2:-}" ;;
   env) print_env ;;
   status)
     read -r gcs _ <"$STATE_DIR/head.ports" || die "not up"

@@ -8,6 +8,7 @@ from the committed units, losing and duplicating nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -188,6 +190,15 @@ class LocalCluster:
     def address(self) -> str:
         return self.exports["REID_DASHBOARD"]
 
+    def job(self, submission_id: str) -> dict:
+        """A job's details straight from the Jobs API (with this cluster's token)."""
+        token = Path(self.state, "auth_token").read_text().strip()
+        request = urllib.request.Request(
+            f"{self.address}/api/jobs/{submission_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.load(r)
+
     def pids(self) -> list[int]:
         """Processes still using this cluster's temp dir."""
         needle = f"{self.state}/ray/".encode()
@@ -288,10 +299,13 @@ def test_killed_worker_node_job_is_resubmitted_and_loses_nothing(cluster, tmp_pa
     root = str(tmp_path)
     _make_archive_and_model(root, n, backbone="resnet18", size=128)  # ~0.1 s per image: time to kill
     out = f"{root}/emb"
+    # batch size 1: units are committed one by one; one CPU per actor: every node has one
     args = ["embed", f"{root}/arch", "--model", f"{root}/model", "--out", out, "--batch-size", "1"]
-    args += ["--address", cluster.address]  # batch size 1: units are committed one by one
-    # the driver runs on the worker node (its custom resource), so losing that node fails attempt 1
+    args += ["--cpus-per-actor", "1", "--address", cluster.address]
+    # the driver runs on a worker node (their custom resource), so losing that node fails attempt 1;
+    # a second worker (a spare the autoscaler would bring) takes attempt 2
     submit = ["submit", *args, "--entrypoint-resources", '{"reid_worker": 0.01}']
+    cluster.run("add-worker")
     log = tmp_path / "submit.log"
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -303,35 +317,45 @@ def test_killed_worker_node_job_is_resubmitted_and_loses_nothing(cluster, tmp_pa
         cwd=REPO,
     )
     try:
-        parts = lambda: storage.list_files(out, suffix=".parquet")  # noqa: E731
         deadline = time.monotonic() + 240
+        while not (m := re.search(r"submitted embed as (reid-embed-[0-9a-f]{12}) \(attempt 1\)", _read(log))):
+            assert proc.poll() is None and time.monotonic() < deadline, _read(log)
+            time.sleep(0.2)
+        sid = m.group(1)
+        while not (node := cluster.job(sid).get("driver_node_id")):
+            assert proc.poll() is None and time.monotonic() < deadline, _read(log)
+            time.sleep(0.2)
+        parts = lambda: storage.list_files(out, suffix=".parquet")  # noqa: E731
         while not parts():
             assert proc.poll() is None, _read(log)
             assert time.monotonic() < deadline, "no unit committed in time\n" + _read(log)
             time.sleep(0.1)
-        cluster.run("kill-worker")  # mid-job: some units committed, the rest in flight or to do
+        cluster.run("kill-worker", node)  # the driver's node, mid-job: some units committed
         killed_at = time.monotonic()
         before = {p: os.stat(p).st_mtime_ns for p in parts()}
         assert manifest.read_manifest(out) is None and len(before) < n, "the job ended before the kill"
-
         deadline = time.monotonic() + 120
         while "re-submitting (retry 1 of 2)" not in _read(log):
             assert proc.poll() is None, _read(log)
             assert time.monotonic() < deadline, "attempt 1 was not seen to fail\n" + _read(log)
-            time.sleep(0.5)
+            time.sleep(0.2)
         detected = time.monotonic() - killed_at
-        cluster.run("add-worker")  # the autoscaler's replacement node, for attempt 2's driver
-        # the same submission while attempt 2 is pending or running is refused, by id
+        while f"submitted embed as {sid}-r2" not in _read(log):
+            assert proc.poll() is None and time.monotonic() < deadline, _read(log)
+            time.sleep(0.2)
+        # the same submission is refused while an attempt is pending or running, by id
         dup = reid(*submit, env=cluster.client_env)
         assert dup.returncode == 2, dup.stdout + dup.stderr
-        assert re.search(r"already (PENDING|RUNNING) as reid-embed-\w+-r2", dup.stderr)
+        assert (
+            f"is already PENDING as {sid}-r2" in dup.stderr or f"is already RUNNING as {sid}-r2" in dup.stderr
+        )
         assert proc.wait(timeout=300) == 0, _read(log)
     finally:
         if proc.poll() is None:
             proc.kill()
     text = _read(log)
-    sid = re.search(r"submitted embed as (reid-embed-[0-9a-f]{12}) \(attempt 1\)", text).group(1)
     assert f"{sid}: FAILED" in text and f"{sid}-r2: SUCCEEDED" in text
+    assert cluster.job(f"{sid}-r2")["driver_node_id"] != node
     status = reid("jobs", "status", sid, env=cluster.client_env).stdout
     assert f"{sid}: FAILED" in status and "node" in status  # Ray's reason: the driver's node died
     _check_embeddings(out, n)
