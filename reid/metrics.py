@@ -53,6 +53,33 @@ def _exclusion_mask(
     return mask
 
 
+def _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
+    """Query blocks of the similarity matrix, with what each query must not match set to -inf.
+
+    Yields ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
+    (leave-one-out), the same image id in the gallery, and the caller's exclusions.
+    """
+    g_sq = (g * g).sum(1) if metric == "euclidean" else None
+    block = max(1, min(BLOCK, MAX_BLOCK_CELLS // max(1, len(g))))
+    for q0 in range(0, len(q), block):
+        q1 = min(len(q), q0 + block)
+        sim = q[q0:q1] @ g.T
+        if metric == "euclidean":
+            sim = 2 * sim - (q[q0:q1] * q[q0:q1]).sum(1, keepdims=True) - g_sq[None, :]
+        ignore = np.zeros(sim.shape, dtype=bool)
+        if loo:
+            ignore[np.arange(q1 - q0), np.arange(q0, q1)] = True
+        if qids is not None and gallery_index is not None:
+            for i, qid in enumerate(qids[q0:q1]):
+                j = gallery_index.get(qid)
+                if j is not None:
+                    ignore[i, j] = True
+        extra = _exclusion_mask(exclude, q0, q1, len(g), qids, gallery_index)
+        if extra is not None:
+            ignore |= extra
+        yield q0, q1, np.where(ignore, -np.inf, sim), ignore
+
+
 def retrieval_metrics(
     query_emb,
     query_labels,
@@ -108,32 +135,13 @@ def retrieval_metrics(
     # Labels as integer codes so comparisons are vectorised whatever the label type.
     _, codes = np.unique(np.concatenate([ql.astype(str), gl.astype(str)]), return_inverse=True)
     qc, gc = codes[: len(q)], codes[len(q) :]
-    g_sq = (g * g).sum(1) if metric == "euclidean" else None
-
     hits = {k: 0 for k in ks}
     ap_sum = 0.0
     map_r_sum = 0.0
     n_valid = 0
     n_no_pos = 0
     kmax = ks[-1]
-    block = max(1, min(BLOCK, MAX_BLOCK_CELLS // max(1, len(g))))
-    for q0 in range(0, len(q), block):
-        q1 = min(len(q), q0 + block)
-        sim = q[q0:q1] @ g.T
-        if metric == "euclidean":
-            sim = 2 * sim - (q[q0:q1] * q[q0:q1]).sum(1, keepdims=True) - g_sq[None, :]
-        ignore = np.zeros(sim.shape, dtype=bool)
-        if loo:
-            ignore[np.arange(q1 - q0), np.arange(q0, q1)] = True
-        if qids is not None and gallery_index is not None:
-            for i, qid in enumerate(qids[q0:q1]):
-                j = gallery_index.get(qid)
-                if j is not None:
-                    ignore[i, j] = True
-        extra = _exclusion_mask(exclude, q0, q1, len(g), qids, gallery_index)
-        if extra is not None:
-            ignore |= extra
-        sim = np.where(ignore, -np.inf, sim)
+    for q0, q1, sim, ignore in _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
         order = np.argsort(-sim, axis=1, kind="stable")
         rel = (gc[order] == qc[q0:q1, None]) & ~np.take_along_axis(ignore, order, axis=1)
         n_pos = rel.sum(1)
@@ -214,28 +222,11 @@ def nearest(
         gl = ql if loo else _labels(gallery_labels, len(g), "gallery_labels")
         _, codes = np.unique(np.concatenate([ql.astype(str), gl.astype(str)]), return_inverse=True)
         codes_q, codes_g = codes[: len(q)], codes[len(q) :]
-    g_sq = (g * g).sum(1) if metric == "euclidean" else None
     idx_out = np.full((len(q), k), -1, dtype=np.int64)
     score_out = np.full((len(q), k), -np.inf, dtype=np.float32)
     n_pos = np.zeros(len(q), dtype=np.int64) if codes_q is not None else None
-    block = max(1, min(BLOCK, MAX_BLOCK_CELLS // max(1, len(g))))
-    for q0 in range(0, len(q), block):
-        q1 = min(len(q), q0 + block)
-        sim = q[q0:q1] @ g.T
-        if metric == "euclidean":
-            sim = 2 * sim - (q[q0:q1] * q[q0:q1]).sum(1, keepdims=True) - g_sq[None, :]
-        ignore = np.zeros(sim.shape, dtype=bool)
-        if loo:
-            ignore[np.arange(q1 - q0), np.arange(q0, q1)] = True
-        if qids is not None and gallery_index is not None:
-            for i, qid in enumerate(qids[q0:q1]):
-                j = gallery_index.get(qid)
-                if j is not None:
-                    ignore[i, j] = True
-        extra = _exclusion_mask(exclude, q0, q1, len(g), qids, gallery_index)
-        if extra is not None:
-            ignore |= extra
-        sim = np.where(ignore, -np.inf, sim).astype(np.float32)
+    for q0, q1, sim, ignore in _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
+        sim = sim.astype(np.float32)
         if n_pos is not None:
             n_pos[q0:q1] = ((codes_g[None, :] == codes_q[q0:q1, None]) & ~ignore).sum(1)
         if k == 0:
