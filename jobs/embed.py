@@ -204,7 +204,9 @@ def _resources(cfg: EmbedConfig) -> dict:
     else:
         # CPU inference: few actors, each using several threads; leave CPU for the decode tasks.
         actors = cfg.actors or max(1, int(cpus // 8))
-        cpa = cfg.cpus_per_actor or max(0.5, min(4.0, (cpus - cfg.decode_cpus) / actors))
+        # An actor lives on one node: never ask for more CPUs than the biggest node has.
+        node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+        cpa = cfg.cpus_per_actor or max(0.5, min(4.0, node_cpus, (cpus - cfg.decode_cpus) / actors))
     if actors * cpa + cfg.decode_cpus > cpus + 1e-9:
         raise ConfigError(
             f"{actors} actor(s) x {cpa} CPU + {cfg.decode_cpus} CPU per decode task needs more than the "
