@@ -104,9 +104,12 @@ def train_sample_size(factory: str, n: int) -> int:
 
 
 def set_threads(n: int | None) -> None:
-    """OpenMP threads FAISS (and its BLAS) may use in this process."""
+    """Threads FAISS (OpenMP) and the BLAS libraries (FAISS's and numpy's) may use in this process."""
     if n:
+        from threadpoolctl import threadpool_limits
+
         faiss.omp_set_num_threads(max(1, int(n)))
+        threadpool_limits(max(1, int(n)), user_api="blas")
 
 
 def gpu_available() -> bool:
@@ -192,8 +195,39 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None =
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if index.ntotal == 0 or len(queries) == 0:
         return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-    scores, ids = index.search(queries, k)
+    if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        scores, ids = _flat_ip_search(index, queries, k)
+    else:
+        scores, ids = index.search(queries, k)
     scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+FLAT_QUERY_BLOCK = 1024  # queries x database rows per product: a 64 MB buffer, sgemm-friendly
+FLAT_DB_BLOCK = 16384
+
+
+def _flat_ip_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search as FAISS does it (blocked product, then a top-k heap per query), with wider
+    blocks and numpy's sgemm: 0.91-0.93 of sgemm on this project's test CPU, against 0.83-0.87
+    for ``IndexFlat.search`` (whose bundled BLAS and 4096 x 1024 blocks cost more)."""
+    n, d, nt = len(queries), index.d, index.ntotal
+    base = faiss.rev_swig_ptr(index.get_xb(), nt * d).reshape(nt, d)  # no copy
+    scores = np.empty((n, k), np.float32)
+    ids = np.empty((n, k), np.int64)
+    buf = np.empty(min(n, FLAT_QUERY_BLOCK) * min(nt, FLAT_DB_BLOCK), np.float32)
+    for i0 in range(0, n, FLAT_QUERY_BLOCK):
+        ni = min(FLAT_QUERY_BLOCK, n - i0)
+        heap = faiss.float_minheap_array_t()
+        heap.nh, heap.k = ni, k
+        heap.val, heap.ids = faiss.swig_ptr(scores[i0:]), faiss.swig_ptr(ids[i0:])
+        heap.heapify()
+        for j0 in range(0, nt, FLAT_DB_BLOCK):
+            nj = min(FLAT_DB_BLOCK, nt - j0)
+            block = buf[: ni * nj].reshape(ni, nj)
+            np.matmul(queries[i0 : i0 + ni], base[j0 : j0 + nj].T, out=block)
+            heap.addn(nj, faiss.swig_ptr(block), j0, 0, ni)
+        heap.reorder()
     return scores, ids
 
 
