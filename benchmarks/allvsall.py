@@ -128,7 +128,8 @@ def sgemm_gflops(
 
 
 def faiss_flat_gflops_cpu(m: int = 8192, n: int = 16384, d: int = 512, k: int = 11, reps: int = 3) -> float:
-    """FAISS IndexFlatIP.search alone, one thread, per CPU-second: the kernel the tasks run."""
+    """The exact kernel each task runs (reid.index.search on a Flat shard: numpy sgemm blocks +
+    FAISS's top-k heap), alone, one thread, per CPU-second."""
     from reid import index as rindex
 
     rindex.set_threads(1)
