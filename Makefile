@@ -37,8 +37,8 @@ bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup
-	$(BIN)/ruff check reid jobs cluster tests benchmarks
-	$(BIN)/ruff format --check reid jobs cluster tests benchmarks
+	$(BIN)/ruff check reid jobs cluster tests benchmarks scripts
+	$(BIN)/ruff format --check reid jobs cluster tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -184,19 +184,25 @@ def from_split(
     q = np.flatnonzero(np.isin(roles, list(query_values)))
     g = np.flatnonzero(np.isin(roles, list(gallery_values)))
     found = sorted({r for r in role.values() if r is not None})
-    if len(q) == 0 or len(g) == 0:
-        raise ReidError(
-            f"{source}: {len(q)} query and {len(g)} gallery images among the labelled embeddings; "
-            f"column {column!r} has values {found[:10]}: pass --query-value / --gallery-value"
-        )
-    return Protocol(
+    return _protocol(
         "split",
         q,
         g,
         f"split table: {len(q)} queries ({column} in {list(query_values)}) against {len(g)} gallery images "
         f"({column} in {list(gallery_values)})",
         {"column": column, "not_in_split": int(sum(r is None for r in roles))},
+        empty=f"{source}: {len(q)} query and {len(g)} gallery images among the labelled embeddings; "
+        f"column {column!r} has values {found[:10]}: pass --query-value / --gallery-value",
     )
+
+
+def _protocol(
+    name: str, q: np.ndarray, g: np.ndarray, description: str, details: dict, empty: str
+) -> Protocol:
+    """A protocol with queries and a gallery, or the ``empty`` message when either side has none."""
+    if len(q) == 0 or len(g) == 0:
+        raise ReidError(empty)
+    return Protocol(name, q, g, description, details)
 
 
 def _survey_key(value: str):
@@ -229,17 +235,14 @@ def time_aware(data: EvalData, cutoff: str, by: str = "survey") -> Protocol:
         raise ReidError(f"time protocol by {by!r}: choose 'survey' or 'captured_at'")
     g = np.flatnonzero(known & before)
     q = np.flatnonzero(known & ~before)
-    if len(q) == 0 or len(g) == 0:
-        raise ReidError(
-            f"time protocol: cutoff {cutoff!r} on {by} leaves {len(g)} gallery and {len(q)} query images "
-            f"({int((~known).sum())} without {by}); choose a cutoff inside the data"
-        )
-    return Protocol(
+    return _protocol(
         "time",
         q,
         g,
         f"time-aware: {len(g)} gallery images with {by} before {cutoff}, {len(q)} queries from {cutoff} on",
         {"cutoff": cutoff, "by": by, f"without_{by}": int((~known).sum())},
+        empty=f"time protocol: cutoff {cutoff!r} on {by} leaves {len(g)} gallery and {len(q)} query images "
+        f"({int((~known).sum())} without {by}); choose a cutoff inside the data",
     )
 
 

@@ -223,24 +223,14 @@ def score_histogram_png(
     bins = np.linspace(lo, hi, 60)
     fig = Figure(figsize=(5.6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    if len(different):
-        ax.hist(
-            different,
-            bins=bins,
-            density=True,
-            alpha=0.55,
-            color="#d62728",
-            label=f"different individuals (n={len(different)})",
-        )
-    if len(same):
-        ax.hist(
-            same,
-            bins=bins,
-            density=True,
-            alpha=0.55,
-            color="#2ca02c",
-            label=f"same individual (n={len(same)})",
-        )
+    for values, colour, what in (
+        (different, "#d62728", "different individuals"),
+        (same, "#2ca02c", "same individual"),
+    ):
+        if len(values):
+            ax.hist(
+                values, bins=bins, density=True, alpha=0.55, color=colour, label=f"{what} (n={len(values)})"
+            )
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
     ax.set_xlabel("cosine similarity")

@@ -7,12 +7,12 @@ binary (Debian's /usr/bin/chromium by default; set REID_CHROMIUM to use another)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-CHROMIUM = os.environ.get("REID_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import chromium  # noqa: E402
 
 
 def shrink(path: Path, colors: int) -> None:
@@ -28,28 +28,18 @@ def screenshot(
     report: Path, out: Path, width: int = 1280, full_page: bool = True, max_height: int = 2600
 ) -> Path:
     """Render ``report`` (a report.html or its folder) and save a PNG screenshot to ``out``."""
-    from playwright.sync_api import sync_playwright
-
     page_path = report / "report.html" if report.is_dir() else report
     if not page_path.is_file():
         raise SystemExit(
             f"error: {page_path}: no report here; run `reid evaluate EMBEDDINGS --out DIR` first"
         )
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(
-            f"error: {CHROMIUM} not found: install Chromium (`make browser`) or set REID_CHROMIUM"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
-            page.goto(page_path.resolve().as_uri(), wait_until="load")
-            height = min(max_height, page.evaluate("document.documentElement.scrollHeight"))
-            page.set_viewport_size({"width": width, "height": int(height)})
-            page.screenshot(path=str(out), full_page=False)
-        finally:
-            browser.close()
+    with chromium.browser() as browser:
+        page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
+        page.goto(page_path.resolve().as_uri(), wait_until="load")
+        height = min(max_height, page.evaluate("document.documentElement.scrollHeight"))
+        page.set_viewport_size({"width": width, "height": int(height)})
+        page.screenshot(path=str(out), full_page=False)
     return out
 
 

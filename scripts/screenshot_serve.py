@@ -11,61 +11,34 @@ playwright Python package and Chromium (Debian's /usr/bin/chromium; REID_CHROMIU
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("REID_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(REPO))
 
-
-def wait_until(page, expression: str, timeout_s: float = 120.0) -> None:
-    """Poll a JS expression until it is true. (Playwright's wait_for_function evaluates strings,
-    which the page's Content-Security-Policy forbids; page.evaluate is not subject to it.)"""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
-        page.wait_for_timeout(100)
+from scripts import chromium  # noqa: E402
 
 
 def screenshot(
     url: str, out: Path, upload: Path | None = None, example: int = 0, width: int = 1280, height: int = 900
 ) -> Path:
     """Open the page at ``url``, run one query, save the screenshot to ``out``."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(
-            f"error: {CHROMIUM} not found: install Chromium (`make browser`) or set REID_CHROMIUM"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
-            page.set_default_timeout(120_000)
-            page.goto(url, wait_until="load")
-            page.wait_for_selector("#examples img")
-            if upload is not None:
-                page.set_input_files("#file", str(upload))
-            else:
-                page.locator("#examples button").nth(example).click()
-            page.wait_for_selector("#verdict[data-verdict]")
-            wait_until(page, "[...document.images].every(i => i.complete && (i.naturalWidth > 0 || !i.src))")
-            page.screenshot(path=str(out), full_page=True)
-        finally:
-            browser.close()
+    with chromium.browser() as browser:
+        page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+        page.set_default_timeout(120_000)
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#examples img")
+        if upload is not None:
+            page.set_input_files("#file", str(upload))
+        else:
+            page.locator("#examples button").nth(example).click()
+        page.wait_for_selector("#verdict[data-verdict]")
+        chromium.wait_until(
+            page, "[...document.images].every(i => i.complete && (i.naturalWidth > 0 || !i.src))"
+        )
+        page.screenshot(path=str(out), full_page=True)
     return out
 
 
@@ -80,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--example", type=int, default=0, help="which built-in example to query (0 = first)")
     ap.add_argument("--width", type=int, default=1280)
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     if a.index is None:
         if a.build is None:
             ap.error("give --index and --model, or --build DIR")

@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import EvaluateConfig, run
+from scripts import chromium
 from tests.evalset import make_eval_inputs
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian's chromium; `make browser`)"
-    ),
+    pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING),
 ]
 
 
@@ -43,42 +40,38 @@ def report_dir(tmp_path_factory) -> Path:
 
 
 def test_report_renders_with_every_plot_table_and_thumbnail(report_dir):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     doc = json.loads((report_dir / "metrics.json").read_text())
     requests: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda r: requests.append(r.url))
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((report_dir / "report.html").as_uri(), wait_until="load")
-            assert page.title().startswith("Re-identification evaluation")
+    with chromium.browser() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((report_dir / "report.html").as_uri(), wait_until="load")
+        assert page.title().startswith("Re-identification evaluation")
 
-            rows = page.eval_on_selector_all(
-                "#metrics tr", "rs => rs.map(r => [r.cells[0].innerText, r.cells[1].innerText])"
-            )
-            table = dict(rows)
-            for key in ("accuracy@1", "accuracy@5", "accuracy@10", "map", "baks", "baus", "baks_baus_gmean"):
-                assert table[key] == f"{doc[key]:.4f}", key
+        rows = page.eval_on_selector_all(
+            "#metrics tr", "rs => rs.map(r => [r.cells[0].innerText, r.cells[1].innerText])"
+        )
+        table = dict(rows)
+        for key in ("accuracy@1", "accuracy@5", "accuracy@10", "map", "baks", "baus", "baks_baus_gmean"):
+            assert table[key] == f"{doc[key]:.4f}", key
 
-            for plot in ("#plot-accuracy", "#plot-map", "#plot-scores"):
-                size = page.eval_on_selector(plot, "i => [i.complete, i.naturalWidth, i.naturalHeight]")
-                assert size[0] and size[1] > 200 and size[2] > 150, (plot, size)
-                assert page.is_visible(plot)
+        for plot in ("#plot-accuracy", "#plot-map", "#plot-scores"):
+            size = page.eval_on_selector(plot, "i => [i.complete, i.naturalWidth, i.naturalHeight]")
+            assert size[0] and size[1] > 200 and size[2] > 150, (plot, size)
+            assert page.is_visible(plot)
 
-            examples = page.eval_on_selector_all("#examples tr", "rs => rs.length")
-            assert examples == 1 + 8  # header + example queries
-            thumbs = page.eval_on_selector_all(
-                "#examples img.thumb", "is => is.map(i => i.complete && i.naturalWidth > 0)"
-            )
-            assert len(thumbs) == 8 * 6 and all(thumbs)  # query + top-5 candidates, every image decoded
-            marks = page.eval_on_selector_all("#examples .cand.ok, #examples .cand.bad", "cs => cs.length")
-            assert marks == 8 * 5
-            assert not errors
-        finally:
-            browser.close()
+        examples = page.eval_on_selector_all("#examples tr", "rs => rs.length")
+        assert examples == 1 + 8  # header + example queries
+        thumbs = page.eval_on_selector_all(
+            "#examples img.thumb", "is => is.map(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert len(thumbs) == 8 * 6 and all(thumbs)  # query + top-5 candidates, every image decoded
+        marks = page.eval_on_selector_all("#examples .cand.ok, #examples .cand.bad", "cs => cs.length")
+        assert marks == 8 * 5
+        assert not errors
     # self-contained: the page itself is the only thing fetched (images are data: URIs)
     assert [u for u in requests if not u.startswith("data:")] == [(report_dir / "report.html").as_uri()]
 

@@ -9,32 +9,21 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from scripts import chromium
+from scripts.chromium import wait_until
 from tests.servedata import known_photo, new_animal_photo, served  # noqa: F401 - fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.ray,  # the served index is built by the real jobs
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian's chromium; `make browser`)"
-    ),
+    pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING),
 ]
 
 
@@ -48,29 +37,17 @@ def url(served):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def page(url):
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            pg = browser.new_page(viewport={"width": 1280, "height": 900})
-            pg.set_default_timeout(120_000)  # CI machines shared with other test runs can be slow
-            pg.requests, pg.problems = [], []
-            pg.on("request", lambda r: pg.requests.append(r.url))
-            pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
-            pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
-            pg.goto(url, wait_until="load")
-            pg.wait_for_selector("#examples img")
-            yield pg
-        finally:
-            browser.close()
-
-
-def wait_until(page, expression: str, timeout_s: float = 120.0) -> None:
-    """Poll a JS expression until true (wait_for_function evals strings, which the page's CSP forbids)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {timeout_s:.0f} s: {expression}"
-        page.wait_for_timeout(100)
+    pytest.importorskip("playwright.sync_api")
+    with chromium.browser() as browser:
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.set_default_timeout(120_000)  # CI machines shared with other test runs can be slow
+        pg.requests, pg.problems = [], []
+        pg.on("request", lambda r: pg.requests.append(r.url))
+        pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
+        pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
+        pg.goto(url, wait_until="load")
+        pg.wait_for_selector("#examples img")
+        yield pg
 
 
 def upload(page, name: str, data: bytes, mime: str) -> None:
