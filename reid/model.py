@@ -82,13 +82,22 @@ class ModelSpec:
         return d
 
 
+def _timm():
+    """timm, with this project's own backbones (reid.backbones) registered in it."""
+    import timm
+
+    from reid import backbones  # noqa: F401 - registers reid_cnn_* as timm models
+
+    return timm
+
+
 def _is_hub(name: str) -> bool:
     return name.startswith(("hf-hub:", "hf_hub:"))
 
 
 def validate_spec(spec: ModelSpec) -> None:
     """Refuse an unusable spec by name (unknown backbone, pooling or neck) before any work starts."""
-    import timm
+    timm = _timm()
 
     if not _is_hub(spec.backbone) and not timm.is_model(spec.backbone):
         close = difflib.get_close_matches(spec.backbone, timm.list_models(), n=3, cutoff=0.6)
@@ -165,7 +174,7 @@ class ReidModel(nn.Module):
 
 
 def _build_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
-    import timm
+    timm = _timm()
 
     kwargs: dict = {"num_classes": 0}
     if spec.pooling != "head":
@@ -193,7 +202,7 @@ def _build_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
 
 def resolve_spec(spec: ModelSpec, backbone: nn.Module | None = None) -> ModelSpec:
     """Fill what the spec leaves open (mean/std, identity width) from the backbone's timm config."""
-    import timm
+    timm = _timm()
 
     if backbone is None:
         backbone = _build_backbone(dataclasses.replace(spec, pooling="avg"), None)
@@ -285,7 +294,7 @@ def load_package(uri_or_name: str, map_location: str | torch.device = "cpu") -> 
     from safetensors.torch import load
 
     if uri_or_name.startswith("timm:") or _is_hub(uri_or_name):
-        import timm
+        timm = _timm()
 
         spec = zero_shot_spec(uri_or_name)
         validate_spec(spec)

@@ -111,6 +111,33 @@ def test_local_pretrained_weights_file(tmp_path):
         validate_spec(ModelSpec(backbone=TINY, pretrained=str(tmp_path / "missing.pth")))
 
 
+def test_small_cnn_is_a_timm_model_with_local_weights(tmp_path):
+    """reid_cnn_s (reid.backbones) goes through the same timm paths as any backbone."""
+    import timm
+    from safetensors.torch import save_file
+
+    import reid.model  # noqa: F401 - registers the project's backbones
+
+    assert timm.is_model("reid_cnn_s") and timm.is_model("reid_cnn_m")
+    src = timm.create_model("reid_cnn_s", pretrained=False, num_classes=0)
+    assert src(torch.randn(2, 3, 64, 64)).shape == (2, 384)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    spec = ModelSpec(
+        backbone="reid_cnn_s", embedding_dim=16, input_size=64, pretrained=str(tmp_path / "w.safetensors")
+    )
+    model = create_model(spec)
+    assert torch.equal(model.backbone.stages[0][0].weight, src.stages[0][0].weight)
+    assert model(torch.randn(3, 3, 64, 64)).norm(dim=1).allclose(torch.ones(3))
+    assert model.spec.mean == pytest.approx((0.485, 0.456, 0.406))
+    mid = save_package(model, model.spec, str(tmp_path / "pkg"))
+    again, spec2 = load_package(str(tmp_path / "pkg"))
+    assert spec2.model_id == mid and torch.equal(
+        again.backbone.stages[4][3].weight, model.backbone.stages[4][3].weight
+    )
+    with pytest.raises(ReidError, match="No pretrained weights exist for reid_cnn_s"):
+        create_model(ModelSpec(backbone="reid_cnn_s", pretrained="timm"))
+
+
 def test_zero_shot_name_uses_real_loading_code(monkeypatch):
     # The real timm/hf-hub download path is taken; the hub's own offline switch makes it fail fast.
     import huggingface_hub.constants
