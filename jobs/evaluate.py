@@ -54,6 +54,7 @@ class EvaluateConfig(BaseModel):
     cutoff_by: Literal["survey", "captured_at"] = "survey"
     exclude_same_burst: bool = False
     exclude_same_day: bool = False
+    same_viewpoint: bool = False
     burst_seconds: float = Field(60.0, gt=0)
     threshold: float | None = Field(None, description="new-individual threshold (default: calibrated)")
     target_false_new: float = Field(
@@ -144,7 +145,7 @@ def run(cfg: EvaluateConfig) -> dict:
         )
     protocol = build_protocol(cfg, data)
     mask = evaluation.exclusion_mask(
-        data, protocol, cfg.exclude_same_burst, cfg.exclude_same_day, cfg.burst_seconds
+        data, protocol, cfg.exclude_same_burst, cfg.exclude_same_day, cfg.burst_seconds, cfg.same_viewpoint
     )
     ev = evaluation.evaluate(
         data,
@@ -173,6 +174,7 @@ def run(cfg: EvaluateConfig) -> dict:
                 **protocol.info,
                 "exclude_same_burst": cfg.exclude_same_burst,
                 "exclude_same_day": cfg.exclude_same_day,
+                "same_viewpoint": cfg.same_viewpoint,
                 "excluded_pairs": ev.exclusions,
             },
             "model_id": model_id,
@@ -254,6 +256,9 @@ def register(app: typer.Typer) -> None:
         cutoff_by: str = typer.Option("survey", help="time protocol cutoff on: survey | captured_at"),
         exclude_same_burst: bool = typer.Option(False, help="drop gallery images of the query's burst"),
         exclude_same_day: bool = typer.Option(False, help="drop gallery images taken the query's day"),
+        same_viewpoint: bool = typer.Option(
+            False, help="compare like flanks only (left with left; unknown viewpoints with all)"
+        ),
         burst_seconds: float = typer.Option(60.0, help="a burst: same camera, within this many seconds"),
         threshold: float = typer.Option(None, help="new-individual threshold (default: calibrated)"),
         target_false_new: float = typer.Option(
@@ -282,6 +287,7 @@ def register(app: typer.Typer) -> None:
                 cutoff_by=cutoff_by,
                 exclude_same_burst=exclude_same_burst,
                 exclude_same_day=exclude_same_day,
+                same_viewpoint=same_viewpoint,
                 burst_seconds=burst_seconds,
                 threshold=threshold,
                 target_false_new=target_false_new,

@@ -94,6 +94,9 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="automatic identity-disjoint hold-out")
     val_archive: str | None = Field(None, description="validate on this archive's individuals instead")
     val_exclude: Literal["none", "burst", "day"] = Field("burst", description="near-duplicates to ignore")
+    val_same_viewpoint: bool = Field(
+        True, description="validation compares like flanks only (unknown viewpoints are compared with all)"
+    )
     burst_seconds: float = Field(60.0, ge=0)
     val_map: Literal["auto", "umap", "tsne", "pca", "off"] = Field(
         "pca", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
@@ -564,17 +567,33 @@ DENSE_EXCLUDE_MAX = 20_000  # validation sets up to this size get a dense [N, N]
 
 def _exclusion(val_table, image_ids: list[str], cfg: TrainConfig):
     """Pairs of validation images to ignore: near-duplicates from one burst (same camera, within
-    ``burst_seconds``) or one day, which would otherwise make retrieval look easier than it is.
+    ``burst_seconds``) or one day, which would otherwise make retrieval look easier than it is,
+    and (``val_same_viewpoint``) pairs of opposite flanks.
 
-    Returns a boolean [N, N] mask, a list of (image_id, image_id) pairs for large sets, or None.
+    Returns a boolean [N, N] mask, a list of (image_id, image_id) pairs for large sets, a
+    :class:`reid.metrics.KeyMismatch` wrapping either, or None.
     """
-    if cfg.val_exclude == "none" or not image_ids:
+    if not image_ids:
         return None
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    meta = val_table.select(["image_id", "camera_id", "captured_at"])
+    meta = val_table.select(["image_id", "camera_id", "captured_at", "viewpoint"])
     meta = meta.take(pc.index_in(pa.array(image_ids, pa.string()), meta.column("image_id")))
+    near = _near_duplicates(meta, image_ids, cfg)
+    views = np.array(meta.column("viewpoint").to_pylist(), dtype=object)
+    if cfg.val_same_viewpoint and any(v is not None for v in views):
+        from reid.metrics import KeyMismatch
+
+        return KeyMismatch(views, None, also=near)
+    return near
+
+
+def _near_duplicates(meta, image_ids: list[str], cfg: TrainConfig):
+    if cfg.val_exclude == "none":
+        return None
+    import pyarrow as pa
+
     ts = meta.column("captured_at")
     known = np.asarray(ts.is_valid())
     t = np.asarray(ts.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
@@ -932,6 +951,9 @@ def register(app: typer.Typer) -> None:
         val_fraction: float = typer.Option(None, help="share of individuals held out [0.2]"),
         val_archive: str = typer.Option(None, help="an archive of other individuals to validate on"),
         val_exclude: str = typer.Option(None, help="none, burst or day [burst]"),
+        val_same_viewpoint: bool = typer.Option(
+            None, "--val-same-viewpoint/--val-any-viewpoint", help="validate on like flanks only [on]"
+        ),
         early_stopping: int = typer.Option(None, help="patience in epochs [off]"),
         seed: int = typer.Option(None, help="random seed [0]"),
         workers: int = typer.Option(None, help="Ray Train workers [1]"),

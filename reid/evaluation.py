@@ -17,6 +17,7 @@ camera, within ``burst_seconds``) or the same day. The numbers themselves come f
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ class EvalData:
     survey: np.ndarray  # object [N], None where unknown
     captured_at: np.ndarray  # datetime64[us] [N], NaT where unknown
     camera_id: np.ndarray  # object [N]
+    viewpoint: np.ndarray | None = None  # object [N], None where unknown
     model_id: str | None = None
     n_unlabelled: int = 0  # rows dropped for having no individual_id
 
@@ -97,6 +99,10 @@ def eval_data(table: pa.Table) -> EvalData:
         survey=np.array(t.column("survey").to_pylist(), dtype=object),
         captured_at=captured.astype("datetime64[us]"),
         camera_id=np.array(t.column("camera_id").to_pylist(), dtype=object),
+        viewpoint=np.array(
+            t.column("viewpoint").to_pylist() if "viewpoint" in t.column_names else [None] * len(t),
+            dtype=object,
+        ),
         model_id=models[0] if models else None,
         n_unlabelled=n_unlabelled,
     )
@@ -256,12 +262,40 @@ def exclusion_mask(
     same_burst: bool = False,
     same_day: bool = False,
     burst_seconds: float = 60.0,
+    same_viewpoint: bool = False,
 ):
-    """A sparse [Q, G] mask of query/gallery pairs to drop from the ranking, or None.
+    """Query/gallery pairs to drop from the ranking: a sparse [Q, G] mask, a
+    :class:`reid.metrics.KeyMismatch`, or None.
 
     Same burst: same camera (missing ids compare equal) and captured within ``burst_seconds``.
     Same day: same UTC calendar day. Pairs where either capture time is unknown are kept.
+    Same viewpoint: only like flanks are compared (pairs of two known, different viewpoints are
+    dropped; a photo of unknown viewpoint is compared with every other).
     """
+    mask = _time_mask(data, protocol, same_burst, same_day, burst_seconds)
+    if not same_viewpoint or data.viewpoint is None:
+        return mask
+    vp = data.viewpoint
+    return metrics.KeyMismatch(vp[protocol.query], vp[protocol.gallery_rows], also=mask)
+
+
+def n_excluded(exclude) -> int:
+    """How many query/gallery pairs an exclusion drops (counted without building a mask)."""
+    if exclude is None:
+        return 0
+    if isinstance(exclude, metrics.KeyMismatch):
+        kq = [k for k in exclude.query_keys if k is not None]
+        kg = [
+            k
+            for k in (exclude.query_keys if exclude.gallery_keys is None else exclude.gallery_keys)
+            if k is not None
+        ]
+        cq, cg = Counter(kq), Counter(kg)
+        return len(kq) * len(kg) - sum(n * cg.get(k, 0) for k, n in cq.items()) + n_excluded(exclude.also)
+    return int(exclude.nnz) if hasattr(exclude, "nnz") else int(np.sum(exclude))
+
+
+def _time_mask(data: EvalData, protocol: Protocol, same_burst: bool, same_day: bool, burst_seconds: float):
     if not (same_burst or same_day):
         return None
     from scipy import sparse
@@ -398,9 +432,7 @@ def evaluate(
         ]
     if threshold is not None:
         out["threshold"] = float(threshold)
-    n_excl = (
-        int(exclude.nnz) if hasattr(exclude, "nnz") else int(np.sum(exclude)) if exclude is not None else 0
-    )
+    n_excl = n_excluded(exclude)
     return Evaluation(
         out,
         curve,
@@ -463,21 +495,8 @@ def pair_scores(
     total = len(qe) * len(ge)
     keep = min(1.0, max_pairs / max(1, total))
     block = max(1, min(1024, (1 << 24) // max(1, len(ge))))
-    for q0 in range(0, len(qe), block):
-        q1 = min(len(qe), q0 + block)
-        sim = qe[q0:q1] @ ge.T
-        ignore = np.zeros(sim.shape, bool)
-        if loo:
-            ignore[np.arange(q1 - q0), np.arange(q0, q1)] = True
-        if gindex is not None:
-            for r, qid in enumerate(qi[q0:q1]):
-                j = gindex.get(qid)
-                if j is not None:
-                    ignore[r, j] = True
-        if exclude is not None:
-            ignore |= (
-                exclude.tocsr()[q0:q1].toarray().astype(bool) if hasattr(exclude, "tocsr") else exclude[q0:q1]
-            )
+    qids = list(qi) if qi is not None and gindex is not None else None
+    for q0, q1, sim, ignore in metrics._masked_blocks(qe, ge, "cosine", loo, qids, gindex, exclude, block):
         pos = (ql[q0:q1, None] == gl[None, :]) & ~ignore
         neg = ~pos & ~ignore
         same.append(sim[pos])

@@ -32,12 +32,37 @@ def _labels(x, n: int, name: str) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class KeyMismatch:
+    """Ignore query/gallery pairs whose keys are both known (not None) and differ, plus ``also``.
+
+    E.g. viewpoints: a left flank is only compared with left flanks (and with photos of unknown
+    viewpoint) when the two flanks of a species carry different patterns. Applied block by block,
+    so it costs no [Q, G] mask in memory. ``gallery_keys`` None = leave-one-out (the query keys).
+    """
+
+    query_keys: np.ndarray
+    gallery_keys: np.ndarray | None = None
+    also: object = None  # another exclusion (mask, sparse matrix or id pairs) applied as well
+
+    def block(self, q0: int, q1: int) -> np.ndarray:
+        kq = np.asarray(self.query_keys, dtype=object)[q0:q1]
+        kg = np.asarray(self.query_keys if self.gallery_keys is None else self.gallery_keys, dtype=object)
+        known_q = np.array([k is not None for k in kq])
+        known_g = np.array([k is not None for k in kg])
+        return (kq[:, None] != kg[None, :]) & known_q[:, None] & known_g[None, :]
+
+
 def _exclusion_mask(
     exclude, q0: int, q1: int, n_gallery: int, query_ids, gallery_index: dict | None
 ) -> np.ndarray | None:
     """Rows q0:q1 of the [Q, G] mask of pairs to ignore (besides an image matching itself)."""
     if exclude is None:
         return None
+    if isinstance(exclude, KeyMismatch):
+        mask = exclude.block(q0, q1)
+        extra = _exclusion_mask(exclude.also, q0, q1, n_gallery, query_ids, gallery_index)
+        return mask if extra is None else mask | extra
     if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
         return exclude[q0:q1]
     if hasattr(exclude, "tocsr"):  # a scipy.sparse [Q, G] matrix: large sets, few excluded pairs
@@ -53,14 +78,30 @@ def _exclusion_mask(
     return mask
 
 
-def _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
+def _check_exclude(exclude, n_query: int, n_gallery: int) -> None:
+    """A mask-shaped exclusion must be [Q, G]; key arrays one key per query / gallery image."""
+    if isinstance(exclude, KeyMismatch):
+        kg = exclude.query_keys if exclude.gallery_keys is None else exclude.gallery_keys
+        if (len(exclude.query_keys), len(kg)) != (n_query, n_gallery):
+            raise ReidError(
+                f"exclusion keys: {len(exclude.query_keys)} query and {len(kg)} gallery keys, "
+                f"expected {n_query} and {n_gallery}"
+            )
+        _check_exclude(exclude.also, n_query, n_gallery)
+    elif (hasattr(exclude, "tocsr") or isinstance(exclude, np.ndarray) and exclude.dtype == bool) and tuple(
+        exclude.shape
+    ) != (n_query, n_gallery):
+        raise ReidError(f"exclude mask has shape {exclude.shape}, expected {(n_query, n_gallery)}")
+
+
+def _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude, block: int | None = None):
     """Query blocks of the similarity matrix, with what each query must not match set to -inf.
 
-    Yields ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
+    ``block`` (queries per block) defaults to what keeps [block, gallery] arrays bounded. Yields ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
     (leave-one-out), the same image id in the gallery, and the caller's exclusions.
     """
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
-    block = max(1, min(BLOCK, MAX_BLOCK_CELLS // max(1, len(g))))
+    block = block or max(1, min(BLOCK, MAX_BLOCK_CELLS // max(1, len(g))))
     for q0 in range(0, len(q), block):
         q1 = min(len(q), q0 + block)
         sim = q[q0:q1] @ g.T
@@ -96,7 +137,8 @@ def retrieval_metrics(
     ``gallery_emb`` None means leave-one-out: each query is ranked against every other query.
     When ``query_ids`` and ``gallery_ids`` are both given, a gallery image with the query's own id
     is ignored (the same photo in both sets). ``exclude`` is a boolean [Q, G] mask, or an iterable of
-    ``(query_id, gallery_id)`` pairs, of further pairs to ignore (e.g. same camera and minute).
+    ``(query_id, gallery_id)`` pairs, of further pairs to ignore (e.g. same camera and minute), or
+    a :class:`KeyMismatch` (e.g. only like flanks are compared).
     ``metric``: ``cosine`` (dot product; embeddings are L2-normalised) or ``euclidean``.
 
     accuracy@k: share of queries with a same-individual image among the top k. ``map``: mean
@@ -127,10 +169,7 @@ def retrieval_metrics(
         gallery_ids = query_ids
     gallery_index = {gid: j for j, gid in enumerate(gallery_ids)} if gallery_ids is not None else None
     qids = list(query_ids) if query_ids is not None else None
-    if (hasattr(exclude, "tocsr") or isinstance(exclude, np.ndarray) and exclude.dtype == bool) and tuple(
-        exclude.shape
-    ) != (len(q), len(g)):
-        raise ReidError(f"exclude mask has shape {exclude.shape}, expected {(len(q), len(g))}")
+    _check_exclude(exclude, len(q), len(g))
 
     # Labels as integer codes so comparisons are vectorised whatever the label type.
     _, codes = np.unique(np.concatenate([ql.astype(str), gl.astype(str)]), return_inverse=True)

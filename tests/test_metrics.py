@@ -76,3 +76,31 @@ def test_blocks_match_single_pass(monkeypatch):
     whole = retrieval_metrics(emb, labels)
     monkeypatch.setattr(metrics, "BLOCK", 7)
     assert retrieval_metrics(emb, labels) == pytest.approx(whole)
+
+
+def test_key_mismatch_equals_a_dense_mask():
+    """Only like flanks compared: KeyMismatch (blockwise, no [Q, G] mask) == the dense mask it stands for."""
+    import reid.metrics as metrics
+    from reid.evaluation import n_excluded, pair_scores
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(60, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = rng.integers(0, 6, size=60)
+    views = np.array(rng.choice(["left", "right", None], size=60), dtype=object)
+    ids = [f"i{n}" for n in range(60)]
+    near = rng.random((60, 60)) < 0.05  # e.g. same burst
+    known = np.array([v is not None for v in views])
+    dense = (views[:, None] != views[None, :]) & known[:, None] & known[None, :]
+    key = metrics.KeyMismatch(views, None, also=near)
+    got = retrieval_metrics(emb, labels, query_ids=ids, exclude=key)
+    assert got == pytest.approx(retrieval_metrics(emb, labels, query_ids=ids, exclude=dense | near))
+    assert got != pytest.approx(retrieval_metrics(emb, labels, query_ids=ids, exclude=near))
+    assert n_excluded(metrics.KeyMismatch(views, None)) == int(dense.sum())
+    nb = metrics.nearest(emb, k=5, exclude=key, query_labels=labels)
+    assert not any(dense[i, j] or near[i, j] for i, row in enumerate(nb.indices) for j in row if j >= 0)
+    same, diff = pair_scores(emb, labels, exclude=key)
+    same_d, diff_d = pair_scores(emb, labels, exclude=dense | near)
+    assert np.array_equal(np.sort(same), np.sort(same_d)) and len(diff) == len(diff_d)
+    with pytest.raises(ReidError, match="exclusion keys"):
+        retrieval_metrics(emb, labels, exclude=metrics.KeyMismatch(views[:10]))
