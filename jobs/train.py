@@ -66,7 +66,7 @@ class TrainConfig(BaseModel):
     pooling: Literal["gem", "avg", "head"] = "gem"
     neck: Literal["linear_bn", "linear", "identity"] = "linear_bn"
     # loss
-    loss: str = Field("triplet", description="contrastive, triplet, circle, arcface, subcenter_arcface")
+    loss: str = Field("triplet", description="contrastive, triplet, circle, arcface, subcenter_arcface, cosface")
     miner: str = Field("semihard", description="none, easy, semihard, hard")
     distance: str = Field("cosine", description="cosine or euclidean")
     loss_params: dict[str, float | int | bool | str] = Field(default_factory=dict)
@@ -928,7 +928,7 @@ def register(app: typer.Typer) -> None:
         pooling: str = typer.Option(None, help="gem, avg or head [gem]"),
         neck: str = typer.Option(None, help="linear_bn, linear or identity [linear_bn]"),
         loss: str = typer.Option(
-            None, help="contrastive, triplet, circle, arcface, subcenter_arcface [triplet]"
+            None, help="contrastive, triplet, circle, arcface, subcenter_arcface, cosface [triplet]"
         ),
         miner: str = typer.Option(None, help="none, easy, semihard, hard [semihard]"),
         distance: str = typer.Option(None, help="cosine or euclidean [cosine]"),

@@ -11,6 +11,9 @@ Margins are in the unit PML uses for each loss and distance:
 - ``circle``: ``m`` (relaxation, 0.4) and ``gamma`` (scale, 80); cosine only.
 - ``arcface`` / ``subcenter_arcface``: ``margin`` in **degrees** (28.6 = 0.5 rad), ``scale`` 64,
   ``sub_centers`` 3; a learnt [classes x dim] weight matrix; cosine only.
+- ``cosface`` (additive cosine margin, a.k.a. large-margin cosine loss): ``margin`` in **cosine**
+  units (0.35), ``scale`` 64; a learnt weight matrix like ArcFace's. Its margin does not bend
+  with the angle, which makes it the easier of the two to train from random initialisation.
 
 Miners (pair and triplet losses only): ``hard`` (batch-hard: hardest positive and negative per
 anchor), ``semihard`` (triplets whose negative lies within the margin but beyond the positive),
@@ -33,13 +36,14 @@ from torch import nn
 from reid.errors import ConfigError
 
 PAIR_LOSSES = ("contrastive", "triplet", "circle")
-CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface")
+CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface")
 LOSSES = PAIR_LOSSES + CLASSIFICATION_LOSSES
 MINERS = ("none", "easy", "semihard", "hard")
 DISTANCES = ("cosine", "euclidean")
 _ALIASES = {
     "arc_face": "arcface",
     "sub_center_arcface": "subcenter_arcface",
+    "cos_face": "cosface",
     "subcenterarcface": "subcenter_arcface",
     "triplet_margin": "triplet",
     "semi_hard": "semihard",
@@ -76,6 +80,7 @@ def loss_defaults(loss: str, distance: str = "cosine") -> dict:
         "circle": {"m": 0.4, "gamma": 80},
         "arcface": {"margin": 28.6, "scale": 64.0},
         "subcenter_arcface": {"margin": 28.6, "scale": 64.0, "sub_centers": 3},
+        "cosface": {"margin": 0.35, "scale": 64.0},
     }[loss]
 
 
@@ -88,6 +93,7 @@ def _pml_loss_class(loss: str):
         "circle": L.CircleLoss,
         "arcface": L.ArcFaceLoss,
         "subcenter_arcface": L.SubCenterArcFaceLoss,
+        "cosface": L.CosFaceLoss,
     }[loss]
 
 

@@ -42,6 +42,7 @@ def test_miners_with_pair_losses(miner, loss, distance):
 def test_names_defaults_and_errors():
     assert canonical("Sub-Center-ArcFace") == "subcenter_arcface"
     assert loss_defaults("arcface")["margin"] == 28.6  # degrees, as PML takes it
+    assert canonical("Cos-Face") == "cosface" and loss_defaults("cosface")["margin"] == 0.35  # cosine units
     assert loss_defaults("contrastive", "euclidean") == {"pos_margin": 0.0, "neg_margin": 1.0}
     assert create_loss("triplet", "cosine", margin=0.3).margin == 0.3
     with pytest.raises(ConfigError, match="loss 'focal'"):
