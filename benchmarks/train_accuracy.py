@@ -30,7 +30,7 @@ from cluster.runtime import connect  # noqa: E402
 from jobs import embed, evaluate, ingest, synth, train  # noqa: E402
 from reid.model import create_model, save_package  # noqa: E402
 
-SYNTH_TRAIN = dict(individuals=200, years=3, images_per_individual=10, image_size=96, seed=11)
+SYNTH_TRAIN = dict(individuals=200, years=2, images_per_individual=10, image_size=96, seed=11)
 SYNTH_TEST = dict(individuals=40, years=3, images_per_individual=10, image_size=96, seed=21)
 
 
@@ -71,7 +71,7 @@ def score(model: str, test: str, work: Path, name: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["synth", "lions"])
+    ap.add_argument("dataset", nargs="?", default="synth", choices=["synth", "lions"])
     ap.add_argument("--config", help="training settings (TOML/YAML); default configs/<dataset>*.toml")
     ap.add_argument("--work", type=Path, help="working folder (kept; re-runs reuse its archives)")
     ap.add_argument("--lions", type=Path, default=REPO.parent / "shared" / "datasets" / "lions")

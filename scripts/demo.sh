@@ -15,10 +15,9 @@ $REID synth "$D/archive" --individuals 40 --years 3 --images-per-individual 6 --
 step "2/7 split: identity-disjoint train/test (bursts and same-day sightings kept together)"
 [ -f "$D/split.parquet" ] || $REID split "$D/archive" --out "$D/split.parquet" --kind identity --test-fraction 0.25
 
-step "3/7 train: resnet10t + GeM + 128-d neck, contrastive loss, Ray Train"
-$REID train "$D/archive" --out "$D/model" --split "$D/split.parquet" --backbone resnet10t --input-size 64 \
-  --embedding-dim 128 --loss contrastive --miner none --p 8 --k 4 --epochs ${DEMO_EPOCHS:-8} --steps-per-epoch 20 \
-  --workers 1
+step "3/7 train: reid_cnn_s + GeM + 128-d neck, CosFace on individual x flank classes, Ray Train"
+$REID train "$D/archive" --out "$D/model" --split "$D/split.parquet" --config configs/synth-cnn.toml \
+  --epochs ${DEMO_EPOCHS:-6} --steps-per-epoch 20
 
 step "4/7 embed: every photo of the archive, Ray Data decode tasks + model actor"
 $REID embed "$D/archive" --model "$D/model" --out "$D/embeddings" --num-cpus 2
