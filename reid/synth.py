@@ -385,10 +385,10 @@ class _Sprites:
         pat = Image.new("L", (w, h), 0)
         d = ImageDraw.Draw(pat)
         if s["kind"] in ("spots", "both"):
-            n = int(r.integers(45, 70)) if s["kind"] == "spots" else int(r.integers(22, 36))
+            n = int(r.integers(30, 44)) if s["kind"] == "spots" else int(r.integers(15, 24))
             for _ in range(n):
                 x, y = r.uniform(0.08, 0.95) * w, r.uniform(0.15, 0.95) * h
-                rad = 0.022 * w * s["size"] * r.uniform(0.6, 1.4)
+                rad = 0.034 * w * s["size"] * r.uniform(0.6, 1.4)
                 ang = r.uniform(0, np.pi)
                 ax, ay = rad * r.uniform(1.0, 1.7), rad * r.uniform(0.6, 1.0)
                 t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
@@ -399,7 +399,7 @@ class _Sprites:
                     d.ellipse([x - rad * 0.45, y - rad * 0.45, x + rad * 0.45, y + rad * 0.45], fill=0)
         arr = np.asarray(pat, dtype=np.float32) / 255.0
         if s["kind"] in ("stripes", "both"):
-            period = 0.055 * w * s["size"] * r.uniform(0.85, 1.15)
+            period = 0.085 * w * s["size"] * r.uniform(0.85, 1.15)
             warp = _value_noise(r, h, w, max(8, w // 6)) - 0.5
             tilt = r.uniform(-0.5, 0.5)
             phase = r.uniform(0, 2 * np.pi)
