@@ -33,13 +33,23 @@ def make_photo(rng: np.random.Generator) -> tuple[bytes, dict]:
     """A 1024x768 JPEG with smooth structure (compresses like a photo) and an animal-sized bbox."""
     h, w = 768, 1024
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([128 + 60 * np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80))
-                    for c in range(3)], -1)
+    img = np.stack(
+        [
+            128 + 60 * np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80))
+            for c in range(3)
+        ],
+        -1,
+    )
     img += rng.normal(0, 12, img.shape)
     buf = io.BytesIO()
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=88)
     bw, bh = int(rng.integers(300, 600)), int(rng.integers(250, 450))
-    bbox = {"x": float(rng.integers(0, w - bw)), "y": float(rng.integers(0, h - bh)), "w": float(bw), "h": float(bh)}
+    bbox = {
+        "x": float(rng.integers(0, w - bw)),
+        "y": float(rng.integers(0, h - bh)),
+        "w": float(bw),
+        "h": float(bh),
+    }
     return buf.getvalue(), bbox
 
 
@@ -96,20 +106,41 @@ def main() -> None:
 
     connect(num_cpus=os.cpu_count())
     t0 = time.perf_counter()
-    summary = run(EmbedConfig(archive=f"{root}/archive", model=f"{root}/model", out=f"{root}/emb",
-                              batch_size=args.batch, threads=args.threads))
+    summary = run(
+        EmbedConfig(
+            archive=f"{root}/archive",
+            model=f"{root}/model",
+            out=f"{root}/emb",
+            batch_size=args.batch,
+            threads=args.threads,
+        )
+    )
     job = args.n / (time.perf_counter() - t0)
     assert summary["embedded"] == args.n
 
-    print(f"model {args.backbone} @ {args.size}px, {args.n} photos 1024x768 with bbox crops, "
-          f"{args.threads} torch threads, {os.cpu_count()} CPUs")
+    print(
+        f"model {args.backbone} @ {args.size}px, {args.n} photos 1024x768 with bbox crops, "
+        f"{args.threads} torch threads, {os.cpu_count()} CPUs"
+    )
     print(f"{'(a) forward-only ceiling':32s} {ceiling:8.1f} img/s")
     print(f"{'(b) plain decode+forward loop':32s} {plain:8.1f} img/s")
     print(f"{'(c) reid embed job':32s} {job:8.1f} img/s   (includes Ray Data start-up and commits)")
     print(f"job/ceiling = {job / ceiling:.2f} (goal >= 0.8)   job/plain = {job / plain:.2f} (goal >= 1.3)")
-    print(json.dumps({"ceiling_img_s": round(ceiling, 2), "plain_img_s": round(plain, 2), "job_img_s": round(job, 2),
-                      "job_vs_ceiling": round(job / ceiling, 3), "job_vs_plain": round(job / plain, 3),
-                      "n": args.n, "backbone": args.backbone, "size": args.size, "cpus": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "ceiling_img_s": round(ceiling, 2),
+                "plain_img_s": round(plain, 2),
+                "job_img_s": round(job, 2),
+                "job_vs_ceiling": round(job / ceiling, 3),
+                "job_vs_plain": round(job / plain, 3),
+                "n": args.n,
+                "backbone": args.backbone,
+                "size": args.size,
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,5 +26,13 @@ def print_summary(job: str, summary: dict) -> None:
 
 def progress(items: Iterable, total: int | None = None, desc: str = "", unit: str = "img"):
     """A progress bar on stderr (silent when stderr is not a terminal and REID_PROGRESS unset)."""
-    return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=1.0, disable=None)
+    return tqdm(
+        items,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=None,
+    )

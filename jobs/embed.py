@@ -142,14 +142,21 @@ class Embedder:
                 sel = idx[s : s + self.batch_size]
                 x = normalize(batch["pixels"][sel], self.spec.mean, self.spec.std, self.device)
                 emb[sel] = self.model(x).float().cpu().numpy()
-        return {"image_id": batch["image_id"], "unit": batch["unit"], "embedding": emb, "reason": batch["reason"]}
+        return {
+            "image_id": batch["image_id"],
+            "unit": batch["unit"],
+            "embedding": emb,
+            "reason": batch["reason"],
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # Committing units
 
 
-def commit_unit(cfg: EmbedConfig, spec, unit: dict, rows: dict[str, tuple[np.ndarray, str]]) -> tuple[int, int]:
+def commit_unit(
+    cfg: EmbedConfig, spec, unit: dict, rows: dict[str, tuple[np.ndarray, str]]
+) -> tuple[int, int]:
     """Write one unit: its rejects (if any), then its embeddings part (the commit). Returns counts."""
     meta = _read_row_group(unit["file"], unit["row_group"], ["image_id", "source", *CARRIED_COLUMNS])
     good, bad = [], []
@@ -213,8 +220,14 @@ def _resources(cfg: EmbedConfig) -> dict:
             f"cluster's {cpus:g} CPUs: the decode tasks would starve; lower --actors or --cpus-per-actor"
         )
     threads = cfg.threads or max(1, int(round(cpus / actors)))
-    return {"actors": actors, "cpus_per_actor": cpa, "gpus_per_actor": gpa, "threads": threads,
-            "cluster_cpus": cpus, "cluster_gpus": gpus}
+    return {
+        "actors": actors,
+        "cpus_per_actor": cpa,
+        "gpus_per_actor": gpa,
+        "threads": threads,
+        "cluster_cpus": cpus,
+        "cluster_gpus": gpus,
+    }
 
 
 def run(cfg: EmbedConfig) -> dict:
@@ -246,9 +259,15 @@ def run(cfg: EmbedConfig) -> dict:
         n_ok, n_bad, res = _run_pipeline(cfg, spec, todo)
     wall = time.perf_counter() - t0
     all_done = all(storage.exists(unit_uri(cfg.out, u["unit"])) for u in units)
-    summary = {**plan, "embedded": n_ok, "rejected": n_bad, "wall_s": round(wall, 2),
-               "images_per_s": round((n_ok + n_bad) / wall, 2) if todo else 0.0, "model_id": spec.model_id,
-               **{k: v for k, v in res.items() if k in ("actors", "threads", "gpus_per_actor")}}
+    summary = {
+        **plan,
+        "embedded": n_ok,
+        "rejected": n_bad,
+        "wall_s": round(wall, 2),
+        "images_per_s": round((n_ok + n_bad) / wall, 2) if todo else 0.0,
+        "model_id": spec.model_id,
+        **{k: v for k, v in res.items() if k in ("actors", "threads", "gpus_per_actor")},
+    }
     if all_done:
         totals = _finalize(cfg, spec, units, started, summary)
         summary.update(totals)
@@ -270,9 +289,14 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         [{"file": u["file"], "row_group": u["row_group"], "unit": u["unit"]} for u in todo],
         override_num_blocks=len(todo),
     )
-    ds = ds.map_batches(DecodeUnits, fn_constructor_args=(spec.input_size,), batch_size=1,
-                        num_cpus=cfg.decode_cpus, concurrency=(1, max(1, int(res["cluster_cpus"]))),
-                        runtime_env=task_env())
+    ds = ds.map_batches(
+        DecodeUnits,
+        fn_constructor_args=(spec.input_size,),
+        batch_size=1,
+        num_cpus=cfg.decode_cpus,
+        concurrency=(1, max(1, int(res["cluster_cpus"]))),
+        runtime_env=task_env(),
+    )
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(cfg.model, cfg.batch_size, res["threads"]),
@@ -287,8 +311,9 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
     total = sum(u["rows"] for u in todo)
     bar = progress(None, total=total, desc="embed")
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for image_id, unit, emb, reason in zip(batch["image_id"], batch["unit"], batch["embedding"],
-                                               batch["reason"]):
+        for image_id, unit, emb, reason in zip(
+            batch["image_id"], batch["unit"], batch["embedding"], batch["reason"]
+        ):
             pending[unit][image_id] = (emb, reason)  # keyed by id: a retried task cannot duplicate
         for unit in [u for u, rows in pending.items() if len(rows) == by_unit[u]["rows"]]:
             ok, bad = commit_unit(cfg, spec, by_unit[unit], pending.pop(unit))
@@ -302,17 +327,29 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
 
 def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: dict) -> dict:
     parts = [unit_uri(cfg.out, u["unit"]) for u in units]
-    n_rows = sum(pq.ParquetFile(storage.resolve(p)[0].open_input_file(storage.resolve(p)[1])).metadata.num_rows
-                 for p in parts)
+    n_rows = sum(
+        pq.ParquetFile(storage.resolve(p)[0].open_input_file(storage.resolve(p)[1])).metadata.num_rows
+        for p in parts
+    )
     rej_files = storage.list_files(storage.join(cfg.out, REJECTS_DIR), suffix=".parquet")
-    rejects = pa.concat_tables([storage.read_parquet(f) for f in rej_files]) if rej_files else \
-        REJECTS_SCHEMA.empty_table()
+    rejects = (
+        pa.concat_tables([storage.read_parquet(f) for f in rej_files])
+        if rej_files
+        else REJECTS_SCHEMA.empty_table()
+    )
     storage.write_parquet(rejects, storage.join(cfg.out, archive.REJECTS))
     counts = {"embeddings": n_rows, "rejects": rejects.num_rows, "units": len(units)}
     manifest.write_manifest(
-        cfg.out, JOB, cfg.model_dump(), [cfg.archive, cfg.model], counts, started,
-        model_id=spec.model_id, dim=spec.embedding_dim, model_spec=spec.to_dict() if hasattr(spec, "to_dict")
-        else None, run={k: summary[k] for k in ("wall_s", "images_per_s") if k in summary},
+        cfg.out,
+        JOB,
+        cfg.model_dump(),
+        [cfg.archive, cfg.model],
+        counts,
+        started,
+        model_id=spec.model_id,
+        dim=spec.embedding_dim,
+        model_spec=spec.to_dict() if hasattr(spec, "to_dict") else None,
+        run={k: summary[k] for k in ("wall_s", "images_per_s") if k in summary},
     )
     return {"total_embeddings": n_rows, "total_rejects": rejects.num_rows}
 
@@ -342,14 +379,24 @@ def register(app: typer.Typer) -> None:
     ):
         """Embed an archive with a model; resumable (re-run skips committed units)."""
         try:
-            cfg = EmbedConfig(archive=archive_uri, model=model, out=out, batch_size=batch_size, actors=actors,
-                              gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, threads=threads,
-                              force=force, address=address, num_cpus=num_cpus)
+            cfg = EmbedConfig(
+                archive=archive_uri,
+                model=model,
+                out=out,
+                batch_size=batch_size,
+                actors=actors,
+                gpus_per_actor=gpus_per_actor,
+                cpus_per_actor=cpus_per_actor,
+                threads=threads,
+                force=force,
+                address=address,
+                num_cpus=num_cpus,
+            )
         except ValueError as e:
             raise ReidError(f"bad embed options: {e}") from e
         summary = run(cfg)
         print_summary(JOB, summary)
         if summary.get("total_rejects"):
-            typer.echo(f"{summary['total_rejects']} image(s) rejected: see {storage.join(out, archive.REJECTS)}")
-
-
+            typer.echo(
+                f"{summary['total_rejects']} image(s) rejected: see {storage.join(out, archive.REJECTS)}"
+            )

@@ -43,8 +43,11 @@ def run(cfg: IngestConfig) -> dict:
     if rejects or not storage.exists(storage.join(cfg.out, archive.REJECTS)):
         archive.write_rejects(cfg.out, rejects)
     has_rows = bool(storage.list_files(cfg.out, suffix=".parquet"))
-    labels = archive.read_archive(cfg.out, columns=["individual_id"]).column("individual_id").to_pylist() \
-        if has_rows else []
+    labels = (
+        archive.read_archive(cfg.out, columns=["individual_id"]).column("individual_id").to_pylist()
+        if has_rows
+        else []
+    )
     individuals = len({i for i in labels if i is not None})
     counts = {
         "candidates": len(candidates),

@@ -66,7 +66,9 @@ class TrainConfig(BaseModel):
     pooling: Literal["gem", "avg", "head"] = "gem"
     neck: Literal["linear_bn", "linear", "identity"] = "linear_bn"
     # loss
-    loss: str = Field("triplet", description="contrastive, triplet, circle, arcface, subcenter_arcface, cosface")
+    loss: str = Field(
+        "triplet", description="contrastive, triplet, circle, arcface, subcenter_arcface, cosface"
+    )
     miner: str = Field("semihard", description="none, easy, semihard, hard")
     distance: str = Field("cosine", description="cosine or euclidean")
     loss_params: dict[str, float | int | bool | str] = Field(default_factory=dict)

@@ -42,8 +42,13 @@ class ArchiveWriter:
     same file names (idempotent), and the writer never writes an ``image_id`` twice.
     """
 
-    def __init__(self, out: str, skip_ids: Iterable[str] = (), row_group_bytes: int = ROW_GROUP_BYTES,
-                 file_bytes: int = FILE_BYTES):
+    def __init__(
+        self,
+        out: str,
+        skip_ids: Iterable[str] = (),
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        file_bytes: int = FILE_BYTES,
+    ):
         self.out = out
         self.row_group_bytes = row_group_bytes
         self.file_bytes = file_bytes
@@ -95,7 +100,9 @@ def dataset(uri: str) -> ds.Dataset:
     """A pyarrow dataset over the archive's part files (``_``-prefixed files skipped)."""
     fs, path = storage.resolve(uri)
     files = [storage.resolve(f)[1] for f in archive_files(uri)]
-    d = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive" if "=" in "".join(files) else None)
+    d = ds.dataset(
+        files, filesystem=fs, format="parquet", partitioning="hive" if "=" in "".join(files) else None
+    )
     return d
 
 
@@ -141,7 +148,9 @@ def iter_rows(uri: str, columns: list[str] | None = None, batch_size: int = 64) 
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(fs.open_input_file(path))
-        validate_archive(pf.schema_arrow, f) if columns is None else _validate_projection(pf.schema_arrow, columns, f)
+        validate_archive(pf.schema_arrow, f) if columns is None else _validate_projection(
+            pf.schema_arrow, columns, f
+        )
         for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
             yield from batch.to_pylist()
 
@@ -156,7 +165,8 @@ def write_rejects(uri: str, rejects: list[dict], name: str = REJECTS) -> str:
         old = storage.read_parquet(target)
         keys = set(zip(new.column("source").to_pylist(), new.column("image_id").to_pylist()))
         keep = [
-            i for i, k in enumerate(zip(old.column("source").to_pylist(), old.column("image_id").to_pylist()))
+            i
+            for i, k in enumerate(zip(old.column("source").to_pylist(), old.column("image_id").to_pylist()))
             if k not in keys
         ]
         new = pa.concat_tables([old.take(pa.array(keep, type=pa.int64())), new])

@@ -17,7 +17,6 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from reid import imageio, storage
@@ -76,8 +75,13 @@ def _scan_folder(src: str) -> list[Candidate]:
         individual = named[-1] if named and named[-1].lower() not in UNLABELED_FOLDERS else None
         m = _VIEWPOINT.search(os.path.splitext(parts[-1])[0])
         out.append(
-            Candidate(uri=uri, relpath=rel, individual_id=individual, survey=survey,
-                      viewpoint=m.group(1).lower() if m else None)
+            Candidate(
+                uri=uri,
+                relpath=rel,
+                individual_id=individual,
+                survey=survey,
+                viewpoint=m.group(1).lower() if m else None,
+            )
         )
     return out
 
@@ -123,8 +127,10 @@ def _scan_manifest(src: str) -> list[Candidate]:
 
 
 def _join(base: str, rel: str) -> str:
-    return ("s3://" + posixpath.normpath(posixpath.join(base[5:], rel))) if base.startswith("s3://") else (
-        os.path.normpath(os.path.join(base, rel))
+    return (
+        ("s3://" + posixpath.normpath(posixpath.join(base[5:], rel)))
+        if base.startswith("s3://")
+        else (os.path.normpath(os.path.join(base, rel)))
     )
 
 

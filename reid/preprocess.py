@@ -31,7 +31,9 @@ def decode_for_model(data: bytes | None, bbox, size: int) -> tuple[np.ndarray | 
     return resize_square(dec.image, size), None
 
 
-def normalize(batch: np.ndarray | torch.Tensor, mean, std, device: str | torch.device = "cpu") -> torch.Tensor:
+def normalize(
+    batch: np.ndarray | torch.Tensor, mean, std, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] on ``device``, (x/255 - mean) / std."""
     t = torch.as_tensor(batch)
     t = t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)

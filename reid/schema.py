@@ -12,9 +12,7 @@ from reid.errors import SchemaError
 
 MAX_ROW_BYTES = 10 * 1024 * 1024  # rows (encoded images) of 10 MB or more are refused
 
-BBOX_TYPE = pa.struct(
-    [("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()), ("h", pa.float32())]
-)
+BBOX_TYPE = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()), ("h", pa.float32())])
 
 ARCHIVE_SCHEMA = pa.schema(
     [
@@ -73,9 +71,7 @@ def _check_fields(schema: pa.Schema, expected: pa.Schema, source: str, what: str
             )
         got = schema.field(field.name).type
         if got != field.type and not _compatible(got, field.type):
-            raise SchemaError(
-                f"{source}: {what} column {field.name!r} has type {got}, expected {field.type}"
-            )
+            raise SchemaError(f"{source}: {what} column {field.name!r} has type {got}, expected {field.type}")
 
 
 def _compatible(got: pa.DataType, want: pa.DataType) -> bool:

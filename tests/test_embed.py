@@ -33,8 +33,16 @@ def _archive(path, n=40, per_group=None):
         w.row_group_bytes = 1
     for i in range(n):
         bbox = {"x": 4.0, "y": 2.0, "w": 60.0, "h": 50.0} if i % 3 == 0 else None
-        w.add({"image_id": f"img{i:03d}", "image": jpeg_bytes(photo(96, 64, seed=i)), "individual_id": f"ind{i % 5}",
-               "survey": "2024", "bbox": bbox, "source": f"mem://{i}"})
+        w.add(
+            {
+                "image_id": f"img{i:03d}",
+                "image": jpeg_bytes(photo(96, 64, seed=i)),
+                "individual_id": f"ind{i % 5}",
+                "survey": "2024",
+                "bbox": bbox,
+                "source": f"mem://{i}",
+            }
+        )
     w.close()
     manifest.write_manifest(str(path), "ingest", {}, [], {"rows": n}, manifest.now())
     return str(path)
@@ -55,10 +63,14 @@ def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_d
     emb = read_embeddings(out)
     assert emb.num_rows == n_good
     rejects = storage.read_parquet(out + "/_rejects.parquet").to_pylist()
-    assert [r["image_id"] for r in rejects] == ["broken"] and rejects[0]["reason"].startswith(("corrupt", "truncated"))
+    assert [r["image_id"] for r in rejects] == ["broken"] and rejects[0]["reason"].startswith(
+        ("corrupt", "truncated")
+    )
     model, spec = load_package(model_dir)
     rows = {r["image_id"]: r for r in archive.read_archive(arch).to_pylist()}
-    x = torch.stack([preprocess(rows[i]["image"], rows[i]["bbox"], spec)[0] for i in emb["image_id"].to_pylist()])
+    x = torch.stack(
+        [preprocess(rows[i]["image"], rows[i]["bbox"], spec)[0] for i in emb["image_id"].to_pylist()]
+    )
     with torch.no_grad():
         direct = model(x).numpy()
     got = np.stack(emb["embedding"].to_numpy(zero_copy_only=False))

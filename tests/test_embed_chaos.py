@@ -30,7 +30,9 @@ def setup(tmp_path_factory):
     save_package(create_model(spec, load_pretrained=False), spec, model)
     w = ArchiveWriter(str(root / "arch"), row_group_bytes=1)  # one row per unit: many units
     for i in range(N):
-        w.add({"image_id": f"img{i:03d}", "image": jpeg_bytes(photo(160, 120, seed=i)), "source": f"mem://{i}"})
+        w.add(
+            {"image_id": f"img{i:03d}", "image": jpeg_bytes(photo(160, 120, seed=i)), "source": f"mem://{i}"}
+        )
     w.close()
     manifest.write_manifest(str(root / "arch"), "ingest", {}, [], {"rows": N}, manifest.now())
     return root, model
@@ -52,7 +54,10 @@ def test_killing_an_embedding_actor_loses_nothing(setup, ray_local):
     out = str(root / "emb-actor")
     result = {}
     t = threading.Thread(
-        target=lambda: result.update(run(EmbedConfig(archive=str(root / "arch"), model=model, out=out, batch_size=1))))
+        target=lambda: result.update(
+            run(EmbedConfig(archive=str(root / "arch"), model=model, out=out, batch_size=1))
+        )
+    )
     t.start()
     _wait_for_parts(out, 5)
     victims = [p for p in psutil.process_iter(["cmdline"]) if "Embedder" in " ".join(p.info["cmdline"] or [])]
@@ -69,8 +74,21 @@ def test_killing_an_embedding_actor_loses_nothing(setup, ray_local):
 def test_killed_driver_rerun_gives_same_ids_no_duplicates(setup, ray_local):
     root, model = setup
     out = str(root / "emb-driver")
-    cmd = [sys.executable, "-m", "jobs.cli", "embed", str(root / "arch"), "--model", model, "--out", out,
-           "--batch-size", "1", "--num-cpus", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "embed",
+        str(root / "arch"),
+        "--model",
+        model,
+        "--out",
+        out,
+        "--batch-size",
+        "1",
+        "--num-cpus",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_parts(out, 5)

@@ -61,8 +61,16 @@ def test_csv_and_json_manifests(tmp_path):
     rows = []
     for i in range(4):
         (img / f"p{i}.jpg").write_bytes(jpeg_bytes(photo(seed=i)))
-        rows.append({"path": f"img/p{i}.jpg", "individual_id": f"id{i % 2}", "camera": "c1",
-                     "captured_at": f"2022-05-0{i + 1}T10:00:00", "bbox": "10,5,40,30", "viewpoint": "left"})
+        rows.append(
+            {
+                "path": f"img/p{i}.jpg",
+                "individual_id": f"id{i % 2}",
+                "camera": "c1",
+                "captured_at": f"2022-05-0{i + 1}T10:00:00",
+                "bbox": "10,5,40,30",
+                "viewpoint": "left",
+            }
+        )
     with open(tmp_path / "m.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -103,7 +111,9 @@ def test_ingest_to_s3_and_read_back(tmp_path, s3_bucket):
     assert archive.read_rejects(out).num_rows == summary["rejected"]
     assert manifest.read_manifest(out)["counts"]["archive_rows"] == table.num_rows
     # the same files through boto3 (the AWS code path)
-    import boto3, os  # noqa: E401
+    import os
+
+    import boto3  # noqa: E401
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket[5:])["Contents"]}
@@ -113,8 +123,11 @@ def test_ingest_to_s3_and_read_back(tmp_path, s3_bucket):
 
 
 def test_cli_user_error_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", str(tmp_path / "nope"), str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "ingest", str(tmp_path / "nope"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "not found" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -129,4 +142,6 @@ def test_big_rows_refused(tmp_path):
     Image.fromarray(noise).save(src / "huge.png")
     assert (src / "huge.png").stat().st_size > 10 * 1024 * 1024
     s = run(IngestConfig(src=str(tmp_path / "src"), out=str(tmp_path / "o")))
-    assert s["rejected"] == 1 and archive.read_rejects(str(tmp_path / "o"))["reason"][0].as_py().startswith("too large")
+    assert s["rejected"] == 1 and archive.read_rejects(str(tmp_path / "o"))["reason"][0].as_py().startswith(
+        "too large"
+    )

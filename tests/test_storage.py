@@ -26,8 +26,12 @@ def test_manifest_scrubs_secrets_and_records_lineage(tmp_path):
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     manifest.write_manifest(src, "ingest", {}, [], {"rows": 3}, manifest.now())
     m = manifest.write_manifest(
-        out, "embed", {"aws_secret_access_key": "s3cr3t", "nested": {"api_token": "t"}, "k": 1},
-        [src], {"rows": 3}, manifest.now(),
+        out,
+        "embed",
+        {"aws_secret_access_key": "s3cr3t", "nested": {"api_token": "t"}, "k": 1},
+        [src],
+        {"rows": 3},
+        manifest.now(),
     )
     text = (tmp_path / "out" / "_manifest.json").read_text()
     assert "s3cr3t" not in text and '"t"' not in text
@@ -65,8 +69,13 @@ def test_embeddings_validation():
     with pytest.raises(SchemaError, match="fixed_size_list"):
         schema.validate_embeddings(t, "emb")
     full = schema.conform(
-        pa.table({"image_id": ["a"], "model_id": ["m"],
-                  "embedding": pa.array([[0.6, 0.8]], pa.list_(pa.float32(), 2))}),
+        pa.table(
+            {
+                "image_id": ["a"],
+                "model_id": ["m"],
+                "embedding": pa.array([[0.6, 0.8]], pa.list_(pa.float32(), 2)),
+            }
+        ),
         schema.embeddings_schema(2),
     )
     assert schema.validate_embeddings(full, "emb") == 2
