@@ -280,18 +280,24 @@ def exclusion_mask(
 
 
 def n_excluded(exclude) -> int:
-    """How many query/gallery pairs an exclusion drops (counted without building a mask)."""
+    """How many query/gallery pairs an exclusion drops (counted without building a [Q, G] mask;
+    a pair dropped for two reasons counts once)."""
     if exclude is None:
         return 0
     if isinstance(exclude, metrics.KeyMismatch):
-        kq = [k for k in exclude.query_keys if k is not None]
-        kg = [
-            k
-            for k in (exclude.query_keys if exclude.gallery_keys is None else exclude.gallery_keys)
-            if k is not None
-        ]
-        cq, cg = Counter(kq), Counter(kg)
-        return len(kq) * len(kg) - sum(n * cg.get(k, 0) for k, n in cq.items()) + n_excluded(exclude.also)
+        cq = Counter(k for k in exclude.query_keys if k is not None)
+        cg = Counter(k for k in exclude.gallery_keys if k is not None)
+        known_pairs = sum(cq.values()) * sum(cg.values())
+        mismatched = known_pairs - sum(n * cg.get(k, 0) for k, n in cq.items())
+        also = exclude.also
+        if also is None:
+            return mismatched
+        if hasattr(also, "tocoo"):
+            coo = also.tocoo()
+            rows, cols = coo.row, coo.col
+        else:
+            rows, cols = np.nonzero(np.asarray(also, dtype=bool))
+        return mismatched + int((~exclude.at(rows, cols)).sum())
     return int(exclude.nnz) if hasattr(exclude, "nnz") else int(np.sum(exclude))
 
 

@@ -32,25 +32,33 @@ def _labels(x, n: int, name: str) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True)
 class KeyMismatch:
     """Ignore query/gallery pairs whose keys are both known (not None) and differ, plus ``also``.
 
     E.g. viewpoints: a left flank is only compared with left flanks (and with photos of unknown
     viewpoint) when the two flanks of a species carry different patterns. Applied block by block,
     so it costs no [Q, G] mask in memory. ``gallery_keys`` None = leave-one-out (the query keys).
+    ``also``: another exclusion (mask, sparse matrix or id pairs) applied as well.
     """
 
-    query_keys: np.ndarray
-    gallery_keys: np.ndarray | None = None
-    also: object = None  # another exclusion (mask, sparse matrix or id pairs) applied as well
+    def __init__(self, query_keys, gallery_keys=None, also=None):
+        self.query_keys = np.asarray(query_keys, dtype=object)
+        self.gallery_keys = (
+            self.query_keys if gallery_keys is None else np.asarray(gallery_keys, dtype=object)
+        )
+        self.also = also
+        self._known_q = np.array([k is not None for k in self.query_keys], dtype=bool)
+        self._known_g = np.array([k is not None for k in self.gallery_keys], dtype=bool)
 
     def block(self, q0: int, q1: int) -> np.ndarray:
-        kq = np.asarray(self.query_keys, dtype=object)[q0:q1]
-        kg = np.asarray(self.query_keys if self.gallery_keys is None else self.gallery_keys, dtype=object)
-        known_q = np.array([k is not None for k in kq])
-        known_g = np.array([k is not None for k in kg])
-        return (kq[:, None] != kg[None, :]) & known_q[:, None] & known_g[None, :]
+        """Rows q0:q1 of the [Q, G] mask of mismatched pairs."""
+        mism = self.query_keys[q0:q1, None] != self.gallery_keys[None, :]
+        return mism & self._known_q[q0:q1, None] & self._known_g[None, :]
+
+    def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether each (query row, gallery column) pair is mismatched."""
+        mism = self.query_keys[rows] != self.gallery_keys[cols]
+        return mism & self._known_q[rows] & self._known_g[cols]
 
 
 def _exclusion_mask(
@@ -81,10 +89,9 @@ def _exclusion_mask(
 def _check_exclude(exclude, n_query: int, n_gallery: int) -> None:
     """A mask-shaped exclusion must be [Q, G]; key arrays one key per query / gallery image."""
     if isinstance(exclude, KeyMismatch):
-        kg = exclude.query_keys if exclude.gallery_keys is None else exclude.gallery_keys
-        if (len(exclude.query_keys), len(kg)) != (n_query, n_gallery):
+        if (len(exclude.query_keys), len(exclude.gallery_keys)) != (n_query, n_gallery):
             raise ReidError(
-                f"exclusion keys: {len(exclude.query_keys)} query and {len(kg)} gallery keys, "
+                f"exclusion keys: {len(exclude.query_keys)} query and {len(exclude.gallery_keys)} gallery keys, "
                 f"expected {n_query} and {n_gallery}"
             )
         _check_exclude(exclude.also, n_query, n_gallery)
@@ -97,7 +104,8 @@ def _check_exclude(exclude, n_query: int, n_gallery: int) -> None:
 def _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude, block: int | None = None):
     """Query blocks of the similarity matrix, with what each query must not match set to -inf.
 
-    ``block`` (queries per block) defaults to what keeps [block, gallery] arrays bounded. Yields ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
+    ``block`` (queries per block) defaults to what keeps [block, gallery] arrays bounded. Yields
+    ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
     (leave-one-out), the same image id in the gallery, and the caller's exclusions.
     """
     g_sq = (g * g).sum(1) if metric == "euclidean" else None

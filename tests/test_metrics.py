@@ -97,6 +97,10 @@ def test_key_mismatch_equals_a_dense_mask():
     assert got == pytest.approx(retrieval_metrics(emb, labels, query_ids=ids, exclude=dense | near))
     assert got != pytest.approx(retrieval_metrics(emb, labels, query_ids=ids, exclude=near))
     assert n_excluded(metrics.KeyMismatch(views, None)) == int(dense.sum())
+    from scipy import sparse
+
+    assert n_excluded(key) == n_excluded(metrics.KeyMismatch(views, also=sparse.csr_matrix(near)))
+    assert n_excluded(key) == int((dense | near).sum())  # a pair dropped twice counts once
     nb = metrics.nearest(emb, k=5, exclude=key, query_labels=labels)
     assert not any(dense[i, j] or near[i, j] for i, row in enumerate(nb.indices) for j in row if j >= 0)
     same, diff = pair_scores(emb, labels, exclude=key)
