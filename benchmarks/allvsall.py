@@ -240,7 +240,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000, help="population size for the IVF comparison")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument(
-        "--exact-n", type=int, default=65536, help="N of the exact all-vs-all throughput run (fixed costs amortised)"
+        "--exact-n",
+        type=int,
+        default=65536,
+        help="N of the exact all-vs-all throughput run (fixed costs amortised)",
     )
     ap.add_argument("--queries", type=int, default=1000, help="new photos matched at --n")
     ap.add_argument("--nlist", type=int, default=2048, help="IVF cells at --n (training cost on 2 cores)")

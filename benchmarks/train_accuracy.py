@@ -34,10 +34,11 @@ SYNTH_TRAIN = dict(individuals=200, years=2, images_per_individual=10, image_siz
 SYNTH_TEST = dict(individuals=40, years=3, images_per_individual=10, image_size=96, seed=21)
 
 
-def archives(dataset: str, work: Path, lions: Path) -> tuple[str, str]:
+def archives(dataset: str, work: Path, lions: Path, train_individuals: int | None = None) -> tuple[str, str]:
     tr, te = str(work / "train_archive"), str(work / "test_archive")
     if dataset == "synth":
-        for out, kw in ((tr, SYNTH_TRAIN), (te, SYNTH_TEST)):
+        train_kw = {**SYNTH_TRAIN, **({"individuals": train_individuals} if train_individuals else {})}
+        for out, kw in ((tr, train_kw), (te, SYNTH_TEST)):
             if not (Path(out) / "_manifest.json").exists():
                 synth.run(synth.SynthJobConfig(out=out, **kw))
     else:
@@ -76,13 +77,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working folder (kept; re-runs reuse its archives)")
     ap.add_argument("--lions", type=Path, default=REPO.parent / "shared" / "datasets" / "lions")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
+    ap.add_argument(
+        "--train-individuals", type=int, help=f"synth: training survey size [{SYNTH_TRAIN['individuals']}]"
+    )
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     a = ap.parse_args()
     config = a.config or str(REPO / "configs" / ("synth-cnn.toml" if a.dataset == "synth" else "lions.toml"))
     work = a.work or Path(tempfile.mkdtemp(prefix=f"reid-acc-{a.dataset}-"))
     work.mkdir(parents=True, exist_ok=True)
     connect(num_cpus=a.cpus)
-    tr, te = archives(a.dataset, work, a.lions)
+    tr, te = archives(a.dataset, work, a.lions, a.train_individuals)
     model = str(work / "model")
     cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=a.epochs)
     t0 = time.perf_counter()

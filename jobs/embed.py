@@ -1,10 +1,19 @@
 """`reid embed ARCHIVE --model MODEL --out EMBEDDINGS`: bulk embedding with Ray Data, resumable.
 
-Unit of work = one archive row group. CPU tasks read a row group (projected columns) and decode
-+ resize its images; an actor pool (model loaded once per actor, on GPU when there is one) runs
-the model; the driver commits each finished unit as ``part-<unit>.parquet`` (its rejects first,
-in ``_rejects/``). A re-run skips committed units, so a killed job loses only the units in
-flight; ``_manifest.json`` is written last.
+Unit of work = one archive row group. Reading a row group (projected columns), decoding + resizing
+its images and running the model happen in Ray Data operators; the driver commits each finished
+unit as ``part-<unit>.parquet`` (its rejects first, in ``_rejects/``). A re-run skips committed
+units, so a killed job loses only the units in flight; ``_manifest.json`` is written last.
+
+Two layouts, chosen from the cluster (``--inline-decode`` overrides):
+
+- GPU actors: a pool of CPU decode actors feeds the GPU actors (the model loaded once per actor),
+  so the GPUs never wait on JPEG decoding.
+- CPU-only: each actor decodes and embeds its own units, one torch thread per CPU it reserves,
+  as many actors as CPUs. Decoding in a separate process would share the same cores with the
+  model's threads, and a multi-threaded forward pass stalls at every operator whenever one of
+  its threads loses its core to a decoder; a single-threaded actor that alternates between
+  decoding and forward passes keeps every core busy with no hand-off between processes.
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ class EmbedConfig(BaseModel):
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when GPUs exist, else 0")
     cpus_per_actor: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads per CPU actor")
-    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each decode task")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each decode actor (GPU layout)")
+    inline_decode: bool | None = Field(
+        None, description="decode inside the inference actors (default: when they run on CPU)"
+    )
     force: bool = False
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
@@ -84,33 +96,38 @@ def _read_row_group(file: str, row_group: int, columns: list[str]) -> pa.Table:
         return pq.ParquetFile(f).read_row_group(row_group, columns=columns)
 
 
+def decode_units(batch: dict, size: int) -> dict:
+    """A batch of unit descriptors -> decoded uint8 pixels of their images (rejects: blank + reason)."""
+    from reid.preprocess import decode_for_model
+
+    ids, units, pixels, reasons = [], [], [], []
+    blank = np.zeros((size, size, 3), np.uint8)
+    for file, rg, unit in zip(batch["file"], batch["row_group"], batch["unit"]):
+        t = _read_row_group(str(file), int(rg), ["image_id", "image", "bbox"])
+        for image_id, data, bbox in zip(
+            t.column("image_id").to_pylist(), t.column("image").to_pylist(), t.column("bbox").to_pylist()
+        ):
+            arr, reason = decode_for_model(data, bbox, size)
+            ids.append(image_id)
+            units.append(unit)
+            pixels.append(blank if arr is None else arr)
+            reasons.append(reason or "")
+    return {
+        "image_id": np.array(ids, dtype=object),
+        "unit": np.array(units, dtype=object),
+        "pixels": np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
+        "reason": np.array(reasons, dtype=object),
+    }
+
+
 class DecodeUnits:
-    """Ray Data UDF (CPU): a batch of unit descriptors -> decoded uint8 pixels of their images."""
+    """Ray Data UDF (CPU actors feeding GPU actors): unit descriptors -> decoded pixels."""
 
     def __init__(self, size: int):
         self.size = size
 
     def __call__(self, batch: dict) -> dict:
-        from reid.preprocess import decode_for_model
-
-        ids, units, pixels, reasons = [], [], [], []
-        blank = np.zeros((self.size, self.size, 3), np.uint8)
-        for file, rg, unit in zip(batch["file"], batch["row_group"], batch["unit"]):
-            t = _read_row_group(str(file), int(rg), ["image_id", "image", "bbox"])
-            for image_id, data, bbox in zip(
-                t.column("image_id").to_pylist(), t.column("image").to_pylist(), t.column("bbox").to_pylist()
-            ):
-                arr, reason = decode_for_model(data, bbox, self.size)
-                ids.append(image_id)
-                units.append(unit)
-                pixels.append(blank if arr is None else arr)
-                reasons.append(reason or "")
-        return {
-            "image_id": np.array(ids, dtype=object),
-            "unit": np.array(units, dtype=object),
-            "pixels": np.stack(pixels) if pixels else np.zeros((0, self.size, self.size, 3), np.uint8),
-            "reason": np.array(reasons, dtype=object),
-        }
+        return decode_units(batch, self.size)
 
 
 class Embedder:
@@ -148,6 +165,13 @@ class Embedder:
             "embedding": emb,
             "reason": batch["reason"],
         }
+
+
+class DecodeEmbedder(Embedder):
+    """Ray Data actor (CPU-only layout): decodes its units' images, then embeds them."""
+
+    def __call__(self, batch: dict) -> dict:
+        return super().__call__(decode_units(batch, self.spec.input_size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,23 +232,33 @@ def _resources(cfg: EmbedConfig) -> dict:
     if gpa > 0:
         actors = cfg.actors or max(1, int(gpus // gpa))
         cpa = cfg.cpus_per_actor or 1.0
-    else:
-        # CPU inference: few actors, each using several threads; leave CPU for the decode tasks.
+    inline = cfg.inline_decode if cfg.inline_decode is not None else gpa == 0
+    # An actor lives on one node: never ask for more CPUs than the biggest node has.
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    if gpa == 0 and inline:
+        # CPU-only: one actor per `threads` CPUs, decoding and embedding its own units (at most
+        # 16 actors by default: big nodes give each actor more threads instead of more copies).
+        threads = cfg.threads or max(1, int(cpus // 16))
+        cpa = cfg.cpus_per_actor or float(min(threads, node_cpus))
+        actors = cfg.actors or max(1, int(cpus // cpa))
+    elif gpa == 0:
+        # CPU inference fed by decode actors: few actors, several threads each.
         actors = cfg.actors or max(1, int(cpus // 8))
-        # An actor lives on one node: never ask for more CPUs than the biggest node has.
-        node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
         cpa = cfg.cpus_per_actor or max(0.5, min(4.0, node_cpus, (cpus - cfg.decode_cpus) / actors))
-    if actors * cpa + cfg.decode_cpus > cpus + 1e-9:
+    decode_cpus = 0.0 if inline else cfg.decode_cpus
+    if actors * cpa + decode_cpus > cpus + 1e-9:
         raise ConfigError(
-            f"{actors} actor(s) x {cpa} CPU + {cfg.decode_cpus} CPU per decode task needs more than the "
-            f"cluster's {cpus:g} CPUs: the decode tasks would starve; lower --actors or --cpus-per-actor"
+            f"{actors} actor(s) x {cpa} CPU + {decode_cpus} CPU per decode actor needs more than the "
+            f"cluster's {cpus:g} CPUs: some would never start; lower --actors or --cpus-per-actor"
         )
-    threads = cfg.threads or max(1, int(round(cpus / actors)))
+    if gpa > 0 or not inline:
+        threads = cfg.threads or max(1, int(round(cpus / actors)))
     return {
         "actors": actors,
         "cpus_per_actor": cpa,
         "gpus_per_actor": gpa,
         "threads": threads,
+        "inline_decode": inline,
         "cluster_cpus": cpus,
         "cluster_gpus": gpus,
     }
@@ -266,7 +300,7 @@ def run(cfg: EmbedConfig) -> dict:
         "wall_s": round(wall, 2),
         "images_per_s": round((n_ok + n_bad) / wall, 2) if todo else 0.0,
         "model_id": spec.model_id,
-        **{k: v for k, v in res.items() if k in ("actors", "threads", "gpus_per_actor")},
+        **{k: v for k, v in res.items() if k in ("actors", "threads", "gpus_per_actor", "inline_decode")},
     }
     if all_done:
         totals = _finalize(cfg, spec, units, started, summary)
@@ -281,6 +315,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
 
     connect(cfg.address, num_cpus=cfg.num_cpus)
     res = _resources(cfg)
+    res["actors"] = min(res["actors"], len(todo))  # an actor per unit at most: none sits idle
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
@@ -289,21 +324,22 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         [{"file": u["file"], "row_group": u["row_group"], "unit": u["unit"]} for u in todo],
         override_num_blocks=len(todo),
     )
+    if not res["inline_decode"]:
+        ds = ds.map_batches(
+            DecodeUnits,
+            fn_constructor_args=(spec.input_size,),
+            batch_size=1,
+            num_cpus=cfg.decode_cpus,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(res["cluster_cpus"]))),
+            runtime_env=task_env(),
+        )
     ds = ds.map_batches(
-        DecodeUnits,
-        fn_constructor_args=(spec.input_size,),
-        batch_size=1,
-        num_cpus=cfg.decode_cpus,
-        concurrency=(1, max(1, int(res["cluster_cpus"]))),
-        runtime_env=task_env(),
-    )
-    ds = ds.map_batches(
-        Embedder,
+        DecodeEmbedder if res["inline_decode"] else Embedder,
         fn_constructor_args=(cfg.model, cfg.batch_size, res["threads"]),
-        batch_size=cfg.batch_size,
+        batch_size=1 if res["inline_decode"] else cfg.batch_size,  # inline: one unit per call
         num_cpus=res["cpus_per_actor"],
         num_gpus=res["gpus_per_actor"],
-        concurrency=res["actors"],
+        compute=ray.data.ActorPoolStrategy(size=res["actors"]),
         runtime_env=task_env(),  # Ray Data restarts dead actors and retries their tasks by default
     )
     pending: dict[str, dict[str, tuple]] = defaultdict(dict)

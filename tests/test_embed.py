@@ -48,7 +48,9 @@ def _archive(path, n=40, per_group=None):
     return str(path)
 
 
-def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_dir, ray_local):
+@pytest.mark.parametrize("inline", [None, False], ids=["cpu-layout", "decode-actors"])
+def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_dir, ray_local, inline):
+    """Both layouts (CPU default: actors decode inline; GPU default: decode actors feed the model)."""
     expect = bad_folder(tmp_path / "src")
     arch = str(tmp_path / "arch")
     ingest(IngestConfig(src=str(tmp_path / "src"), out=arch))
@@ -57,9 +59,12 @@ def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_d
     extra.add({"image_id": "broken", "image": b"\xff\xd8\xff" + b"\x00" * 100, "source": "mem://broken"})
     extra.close()
     out = str(tmp_path / "emb")
-    s = run(EmbedConfig(archive=arch, model=model_dir, out=out, batch_size=4, num_cpus=2))
+    s = run(
+        EmbedConfig(archive=arch, model=model_dir, out=out, batch_size=4, num_cpus=2, inline_decode=inline)
+    )
     n_good = sum(v is None for v in expect.values())
     assert s["embedded"] == n_good and s["rejected"] == 1
+    assert s["inline_decode"] is (inline is None) and s["actors"] == (2 if inline is None else 1)
     emb = read_embeddings(out)
     assert emb.num_rows == n_good
     rejects = storage.read_parquet(out + "/_rejects.parquet").to_pylist()
