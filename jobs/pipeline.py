@@ -45,6 +45,7 @@ EXECUTION_FIELDS = {
     "gpus_per_actor",
     "cpus_per_worker",
     "decode_cpus",
+    "inline_decode",
     "data_workers",
     "max_units",
     "cache_dir",
