@@ -4,11 +4,13 @@ One run, same model, same torch threads, on an archive of realistic photos (came
 2048x1536 by default, with an animal-sized bbox crop each). Prints img/s and the ratios
 job/ceiling (goal >= 0.8) and job/plain (goal >= 1.3), then one JSON line of the figures.
 
-    python benchmarks/embed.py [--n 1024] [--photo 2048x1536] [--backbone resnet18] [--size 224]
+    python benchmarks/embed.py [--n 4096] [--photo 2048x1536] [--backbone resnet18] [--size 224]
 
 The archive holds --n rows (distinct image ids and bboxes) whose JPEG bytes cycle through --pool
 distinct photos: decoding costs the same for every row, and rendering thousands of multi-megapixel
-photos would take longer than the benchmark itself.
+photos would take longer than the benchmark itself. (a) and (b) are steady-state loops with
+nothing to start, so their rates are timed on the first --baseline-rows rows; the job embeds the
+whole archive, its Ray Data and actor start-up included (real archives are larger still).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def make_bbox(rng: np.random.Generator, w: int, h: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2048, help="archive rows")
+    ap.add_argument("--n", type=int, default=4096, help="archive rows (all embedded by the job)")
+    ap.add_argument("--baseline-rows", type=int, default=1024, help="rows timed for (a) and (b)")
     ap.add_argument("--photo", default="2048x1536", help="photo size WxH")
     ap.add_argument("--pool", type=int, default=24, help="distinct photos the rows cycle through")
     ap.add_argument("--backbone", default="resnet18")
@@ -80,6 +83,13 @@ def main() -> None:
         bench(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _row_groups(archive: str):
+    for f in archive_files(archive):
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            yield pf.read_row_group(g, columns=["image", "bbox"]).to_pylist()
 
 
 def bench(args, root: str) -> None:
@@ -102,13 +112,17 @@ def bench(args, root: str) -> None:
     save_package(create_model(spec, load_pretrained=False), spec, f"{root}/model")
     model, spec = load_package(f"{root}/model")
 
+    # (a) and (b) are steady-state loops with nothing to start up: their rates are measured on the
+    # first --baseline-rows rows; the job embeds the whole archive, start-up included.
+    base_n = min(args.n, args.baseline_rows)
+
     # (a) forward-only ceiling on pre-decoded tensors
     x = torch.randn(args.batch, 3, args.size, args.size)
     with torch.inference_mode():
         model(x)  # warm-up
         t0 = time.perf_counter()
         done = 0
-        while done < args.n:
+        while done < base_n:
             model(x)
             done += args.batch
         ceiling = done / (time.perf_counter() - t0)
@@ -118,21 +132,19 @@ def bench(args, root: str) -> None:
     t0 = time.perf_counter()
     done = 0
     with torch.inference_mode():
-        for f in archive_files(f"{root}/archive"):
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):
-                rows = pf.read_row_group(g, columns=["image", "bbox"]).to_pylist()
-                for s in range(0, len(rows), args.batch):
-                    batch = []
-                    for r in rows[s : s + args.batch]:
-                        b = r["bbox"]
-                        img = Image.open(io.BytesIO(r["image"])).convert("RGB")
-                        img = img.crop((b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]))
-                        batch.append(tf(img))
-                    model(torch.stack(batch))
-                    done += len(batch)
+        for rows in _row_groups(f"{root}/archive"):
+            for s in range(0, len(rows), args.batch):
+                batch = []
+                for r in rows[s : s + args.batch]:
+                    b = r["bbox"]
+                    img = Image.open(io.BytesIO(r["image"])).convert("RGB")
+                    img = img.crop((b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]))
+                    batch.append(tf(img))
+                model(torch.stack(batch))
+                done += len(batch)
+            if done >= base_n:
+                break
     plain = done / (time.perf_counter() - t0)
-    assert done == args.n
 
     # (c) the embed job on an embedded local Ray with --threads CPUs (its default layout: on CPU,
     # one single-threaded actor per CPU, each decoding and embedding its own row groups)
@@ -173,6 +185,7 @@ def bench(args, root: str) -> None:
                 "job_vs_ceiling": round(job / ceiling, 3),
                 "job_vs_plain": round(job / plain, 3),
                 "n": args.n,
+                "baseline_rows": base_n,
                 "photo": args.photo,
                 "backbone": args.backbone,
                 "size": args.size,

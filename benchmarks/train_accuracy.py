@@ -34,10 +34,10 @@ SYNTH_TRAIN = dict(individuals=200, years=2, images_per_individual=10, image_siz
 SYNTH_TEST = dict(individuals=40, years=3, images_per_individual=10, image_size=96, seed=21)
 
 
-def archives(dataset: str, work: Path, lions: Path, train_individuals: int | None = None) -> tuple[str, str]:
+def archives(dataset: str, work: Path, lions: Path, train_kw: dict | None = None) -> tuple[str, str]:
     tr, te = str(work / "train_archive"), str(work / "test_archive")
     if dataset == "synth":
-        train_kw = {**SYNTH_TRAIN, **({"individuals": train_individuals} if train_individuals else {})}
+        train_kw = {**SYNTH_TRAIN, **(train_kw or {})}
         for out, kw in ((tr, train_kw), (te, SYNTH_TEST)):
             if not (Path(out) / "_manifest.json").exists():
                 synth.run(synth.SynthJobConfig(out=out, **kw))
@@ -86,7 +86,8 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix=f"reid-acc-{a.dataset}-"))
     work.mkdir(parents=True, exist_ok=True)
     connect(num_cpus=a.cpus)
-    tr, te = archives(a.dataset, work, a.lions, a.train_individuals)
+    sizes = {"individuals": a.train_individuals, "images_per_individual": a.train_images}
+    tr, te = archives(a.dataset, work, a.lions, {k: v for k, v in sizes.items() if v})
     model = str(work / "model")
     cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=a.epochs)
     t0 = time.perf_counter()
