@@ -80,6 +80,11 @@ def main() -> None:
     ap.add_argument(
         "--train-individuals", type=int, help=f"synth: training survey size [{SYNTH_TRAIN['individuals']}]"
     )
+    ap.add_argument(
+        "--train-images",
+        type=float,
+        help=f"synth: photos per individual and survey [{SYNTH_TRAIN['images_per_individual']}]",
+    )
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     a = ap.parse_args()
     config = a.config or str(REPO / "configs" / ("synth-cnn.toml" if a.dataset == "synth" else "lions.toml"))
