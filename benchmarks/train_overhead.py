@@ -7,7 +7,7 @@ epoch, as the median over epochs; the plain loop is measured before and after th
 averaged, so drift in machine load does not count as overhead. Ray's start-up (cluster, worker
 process, process group, model build) is reported separately as ray_fixed_s: paid once per run.
 
-    python benchmarks/train_overhead.py [--epochs 4] [--steps 12] [--threads 2]
+    python benchmarks/train_overhead.py [--epochs 4] [--steps 12] [--threads 2] [--p 16]
 
 Ends with one JSON line, e.g. {"ray_vs_plain": 0.97, ...} (goal: >= 0.90, i.e. <= 10% overhead).
 """
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="measured epochs (after one warm-up epoch)")
     ap.add_argument("--steps", type=int, default=12, help="steps per epoch")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (and CPUs of the Ray worker)")
+    ap.add_argument("--p", type=int, default=16, help="individuals per batch (x 4 images each)")
     ap.add_argument("--backbone", default="resnet10t")
     ap.add_argument("--input-size", type=int, default=64)
     args = ap.parse_args()
@@ -110,9 +111,9 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp:
-        archive = make_archive(os.path.join(tmp, "archive"))
+        archive = make_archive(os.path.join(tmp, "archive"), individuals=max(16, 2 * args.p))
         cfg = dict(archive=archive, out=os.path.join(tmp, "model"), backbone=args.backbone,
-                   input_size=args.input_size, embedding_dim=128, p=4, k=4, steps_per_epoch=args.steps,
+                   input_size=args.input_size, embedding_dim=128, p=args.p, k=4, steps_per_epoch=args.steps,
                    epochs=args.epochs + 1, loss="triplet", miner="semihard", val_fraction=0.0,
                    cpus_per_worker=args.threads, torch_threads=args.threads)  # fmt: skip
         before, data_before = plain(cfg, args.epochs, args.threads)
