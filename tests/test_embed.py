@@ -48,9 +48,8 @@ def _archive(path, n=40, per_group=None):
     return str(path)
 
 
-@pytest.mark.parametrize("inline", [None, False], ids=["cpu-layout", "decode-actors"])
-def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_dir, ray_local, inline):
-    """Both layouts (CPU default: actors decode inline; GPU default: decode actors feed the model)."""
+def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_dir, ray_local):
+    """The CPU layout (each model actor decodes its own units); the S3 test runs the other one."""
     expect = bad_folder(tmp_path / "src")
     arch = str(tmp_path / "arch")
     ingest(IngestConfig(src=str(tmp_path / "src"), out=arch))
@@ -59,12 +58,10 @@ def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_d
     extra.add({"image_id": "broken", "image": b"\xff\xd8\xff" + b"\x00" * 100, "source": "mem://broken"})
     extra.close()
     out = str(tmp_path / "emb")
-    s = run(
-        EmbedConfig(archive=arch, model=model_dir, out=out, batch_size=4, num_cpus=2, inline_decode=inline)
-    )
+    s = run(EmbedConfig(archive=arch, model=model_dir, out=out, batch_size=4, num_cpus=2))
     n_good = sum(v is None for v in expect.values())
     assert s["embedded"] == n_good and s["rejected"] == 1
-    assert s["inline_decode"] is (inline is None) and s["actors"] == (2 if inline is None else 1)
+    assert s["inline_decode"] and s["actors"] == 2  # one single-threaded actor per CPU
     emb = read_embeddings(out)
     assert emb.num_rows == n_good
     rejects = storage.read_parquet(out + "/_rejects.parquet").to_pylist()
@@ -126,7 +123,8 @@ def test_s3_archive_to_s3_embeddings(tmp_path, model_dir, s3_bucket, ray_local):
     arch = f"{s3_bucket}/archive"
     ingest(IngestConfig(src=str(tmp_path / "src"), out=arch))
     out = f"{s3_bucket}/emb"
-    s = run(EmbedConfig(archive=arch, model=model_dir, out=out, num_cpus=2))
-    assert s["embedded"] == 6
+    # the GPU layout (decode actors feeding the model actors), forced on CPU
+    s = run(EmbedConfig(archive=arch, model=model_dir, out=out, num_cpus=2, inline_decode=False))
+    assert s["embedded"] == 6 and s["inline_decode"] is False and s["actors"] == 1
     assert read_embeddings(out).num_rows == 6
     assert run(EmbedConfig(archive=arch, model=model_dir, out=out, num_cpus=2))["todo_units"] == 0
