@@ -23,16 +23,16 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import islice
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from reid import manifest  # noqa: E402
-from reid.archive import ArchiveWriter, archive_files  # noqa: E402
+from reid.archive import ArchiveWriter, iter_rows  # noqa: E402
 from reid.model import ModelSpec, create_model, load_package, save_package  # noqa: E402
 from reid.preprocess import decode_for_model  # noqa: E402
 from reid.transforms import eval_transform  # noqa: E402
@@ -86,13 +86,6 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _row_groups(archive: str):
-    for f in archive_files(archive):
-        pf = pq.ParquetFile(f)
-        for g in range(pf.num_row_groups):
-            yield pf.read_row_group(g, columns=["image", "bbox"]).to_pylist()
-
-
 def bench(args, root: str) -> None:
     rng = np.random.default_rng(0)
     pw, ph = (int(v) for v in args.photo.lower().split("x"))
@@ -128,29 +121,29 @@ def bench(args, root: str) -> None:
             done += args.batch
         ceiling = done / (time.perf_counter() - t0)
 
-    # (b) a plain sequential loop over the archive's row groups: full decode, crop, resize, forward
+    # (b) a plain sequential loop streaming the archive: full decode, crop, resize, forward
     tf = eval_transform(spec)
+    rows = iter_rows(f"{root}/archive", columns=["image", "bbox"], batch_size=args.batch)
     t0 = time.perf_counter()
     done = 0
     with torch.inference_mode():
-        for rows in _row_groups(f"{root}/archive"):
-            for s in range(0, len(rows), args.batch):
-                batch = []
-                for r in rows[s : s + args.batch]:
-                    b = r["bbox"]
-                    img = Image.open(io.BytesIO(r["image"])).convert("RGB")
-                    img = img.crop((b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]))
-                    batch.append(tf(img))
-                model(torch.stack(batch))
-                done += len(batch)
-            if done >= base_n:
+        while done < base_n:
+            batch = []
+            for r in islice(rows, args.batch):
+                b = r["bbox"]
+                img = Image.open(io.BytesIO(r["image"])).convert("RGB")
+                img = img.crop((b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]))
+                batch.append(tf(img))
+            if not batch:
                 break
+            model(torch.stack(batch))
+            done += len(batch)
     plain = done / (time.perf_counter() - t0)
 
     # The job's own decode (draft-mode JPEG, crop, resize) alone on one core: it bounds the job.
     # With the cores shared between decoding and the forward pass, at most
     # 1 / (1 + ceiling / (cores * decode rate)) of the ceiling is reachable.
-    rows = next(_row_groups(f"{root}/archive"))
+    rows = list(islice(iter_rows(f"{root}/archive", columns=["image", "bbox"]), 64))
     t0 = time.perf_counter()
     for r in rows:
         decode_for_model(r["image"], r["bbox"], spec.input_size)

@@ -229,30 +229,30 @@ def _resources(cfg: EmbedConfig) -> dict:
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     gpa = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
-    if gpa > 0:
-        actors = cfg.actors or max(1, int(gpus // gpa))
-        cpa = cfg.cpus_per_actor or 1.0
     inline = cfg.inline_decode if cfg.inline_decode is not None else gpa == 0
     # An actor lives on one node: never ask for more CPUs than the biggest node has.
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-    if gpa == 0 and inline:
+    threads = cfg.threads
+    if gpa > 0:
+        actors = cfg.actors or max(1, int(gpus // gpa))
+        cpa = cfg.cpus_per_actor or 1.0
+    elif inline:
         # CPU-only: one actor per `threads` CPUs, decoding and embedding its own units (at most
         # 16 actors by default: big nodes give each actor more threads instead of more copies).
-        threads = cfg.threads or max(1, int(cpus // 16))
+        threads = threads or max(1, int(cpus // 16))
         cpa = cfg.cpus_per_actor or float(min(threads, node_cpus))
         actors = cfg.actors or max(1, int(cpus // cpa))
-    elif gpa == 0:
+    else:
         # CPU inference fed by decode actors: few actors, several threads each.
         actors = cfg.actors or max(1, int(cpus // 8))
         cpa = cfg.cpus_per_actor or max(0.5, min(4.0, node_cpus, (cpus - cfg.decode_cpus) / actors))
+    threads = threads or max(1, int(round(cpus / actors)))
     decode_cpus = 0.0 if inline else cfg.decode_cpus
     if actors * cpa + decode_cpus > cpus + 1e-9:
         raise ConfigError(
             f"{actors} actor(s) x {cpa} CPU + {decode_cpus} CPU per decode actor needs more than the "
             f"cluster's {cpus:g} CPUs: some would never start; lower --actors or --cpus-per-actor"
         )
-    if gpa > 0 or not inline:
-        threads = cfg.threads or max(1, int(round(cpus / actors)))
     return {
         "actors": actors,
         "cpus_per_actor": cpa,
