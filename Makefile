@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py reid/_jpegroi.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: pip takes these wheels from local files (a CUDA build that also runs on CPU)
@@ -37,8 +37,8 @@ bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup
-	$(BIN)/ruff check reid jobs cluster tests benchmarks scripts
-	$(BIN)/ruff format --check reid jobs cluster tests benchmarks scripts
+	$(BIN)/ruff check reid jobs cluster tests benchmarks scripts setup.py
+	$(BIN)/ruff format --check reid jobs cluster tests benchmarks scripts setup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

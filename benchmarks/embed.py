@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from reid import manifest  # noqa: E402
+from reid import imageio, jpegroi, manifest  # noqa: E402
 from reid.archive import ArchiveWriter, iter_rows  # noqa: E402
 from reid.model import ModelSpec, create_model, load_package, save_package  # noqa: E402
-from reid.preprocess import decode_for_model  # noqa: E402
+from reid.preprocess import decode_for_model, resize_square  # noqa: E402
 from reid.transforms import eval_transform  # noqa: E402
 
 
@@ -143,11 +143,19 @@ def bench(args, root: str) -> None:
     # The job's own decode (draft-mode JPEG, crop, resize) alone on one core: it bounds the job.
     # With the cores shared between decoding and the forward pass, at most
     # 1 / (1 + ceiling / (cores * decode rate)) of the ceiling is reachable.
+    # Beside it, the same decode through Pillow's whole-file draft mode (what the job did before
+    # region-of-interest decoding, reid.jpegroi), for the figure of what the window saves.
     rows = list(islice(iter_rows(f"{root}/archive", columns=["image", "bbox"]), 64))
     t0 = time.perf_counter()
     for r in rows:
         decode_for_model(r["image"], r["bbox"], spec.input_size)
     decode_rate = len(rows) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for r in rows:
+        resize_square(
+            imageio.decode(r["image"], r["bbox"], spec.input_size, roi=False).image, spec.input_size
+        )
+    whole_rate = len(rows) / (time.perf_counter() - t0)
     bound = 1.0 / (1.0 + ceiling / (args.threads * decode_rate))
 
     # (c) the embed job on an embedded local Ray with --threads CPUs (its default layout: on CPU,
@@ -180,7 +188,11 @@ def bench(args, root: str) -> None:
         f"{'(c) reid embed job':32s} {job:8.1f} img/s   ({job_s:.1f} s with Ray Data start-up and commits; {layout})"
     )
     print(
-        f"{'job decode alone, one core':32s} {decode_rate:8.1f} img/s   (bounds job/ceiling at {bound:.2f})"
+        f"{'job decode alone, one core':32s} {decode_rate:8.1f} img/s   (bounds job/ceiling at {bound:.2f}; "
+        f"region decoder {'on' if jpegroi.available() else 'NOT BUILT'})"
+    )
+    print(
+        f"{'whole-file draft decode, one core':32s} {whole_rate:8.1f} img/s   (Pillow, before reid.jpegroi)"
     )
     print(f"job/ceiling = {job / ceiling:.2f} (goal >= 0.8)   job/plain = {job / plain:.2f} (goal >= 1.3)")
     print(
@@ -192,6 +204,8 @@ def bench(args, root: str) -> None:
                 "job_vs_ceiling": round(job / ceiling, 3),
                 "job_vs_plain": round(job / plain, 3),
                 "decode_img_s_one_core": round(decode_rate, 1),
+                "whole_file_decode_img_s_one_core": round(whole_rate, 1),
+                "region_decoder": jpegroi.available(),
                 "job_vs_ceiling_bound": round(bound, 3),
                 "n": args.n,
                 "baseline_rows": base_n,

@@ -339,7 +339,12 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         batch_size=1 if res["inline_decode"] else cfg.batch_size,  # inline: one unit per call
         num_cpus=res["cpus_per_actor"],
         num_gpus=res["gpus_per_actor"],
-        compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+        # Inline, a call is a whole unit (seconds of work): one queued behind the running one keeps
+        # an actor busy, and a deeper queue would leave one actor idle at the end while another
+        # still works through units assigned to it long before.
+        compute=ray.data.ActorPoolStrategy(
+            size=res["actors"], max_tasks_in_flight_per_actor=2 if res["inline_decode"] else None
+        ),
         runtime_env=task_env(),  # Ray Data restarts dead actors and retries their tasks by default
     )
     pending: dict[str, dict[str, tuple]] = defaultdict(dict)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from reid import jpegroi
+
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 _EXIF_ORIENTATION = 0x0112
 _EXIF_DATETIME_ORIGINAL = 0x9003
@@ -75,11 +77,14 @@ def decode(
     bbox: dict | tuple | None = None,
     target_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    roi: bool = True,
 ) -> Decoded:
     """Decode encoded bytes to an upright RGB image, cropped to ``bbox`` (x, y, w, h) if given.
 
-    ``target_size``: the smaller side the caller will resize to; JPEGs are then decoded in draft
-    mode at the smallest DCT scale that still keeps at least that many pixels in the crop.
+    ``target_size``: the smaller side the caller will resize to; JPEGs are then decoded at the
+    smallest DCT scale that still keeps at least that many pixels in the crop and, with ``roi``
+    (and reid/_jpegroi built), only the crop's window of the file is decoded. Pass
+    ``roi=False`` to check every byte of the file (ingest): damage below the crop is then found.
     """
     if not data:
         return Decoded(None, "empty: zero bytes")
@@ -107,14 +112,19 @@ def decode(
         if x1 - x0 < 1 or y1 - y0 < 1:
             return Decoded(None, f"bad bbox: {box} lies outside the {uw}x{uh} image", uw, uh)
         box = (x0, y0, x1, y1)
+    denom = 1
+    if target_size and img.format == "JPEG":
+        crop_w = (box[2] - box[0]) if box else uw
+        crop_h = (box[3] - box[1]) if box else uh
+        scale = target_size / max(1.0, min(crop_w, crop_h))
+        denom = next((d for d in (8, 4, 2) if d * scale <= 1.0), 1)  # as Pillow's draft picks
+        if roi and img.mode in ("RGB", "L") and jpegroi.available():
+            window = _decode_window(data, box or (0.0, 0.0, float(uw), float(uh)), orient, (w0, h0), denom)
+            if window is not None:
+                return Decoded(window.image, window.reason, uw, uh)
     try:
-        if target_size and img.format == "JPEG":
-            crop_w = (box[2] - box[0]) if box else uw
-            crop_h = (box[3] - box[1]) if box else uh
-            scale = target_size / max(1.0, min(crop_w, crop_h))
-            if scale < 0.5:
-                req = (int(np.ceil(w0 * scale)), int(np.ceil(h0 * scale)))
-                img.draft("RGB", req)
+        if denom > 1:
+            img.draft("RGB", jpegroi.scaled_size(w0, h0, denom))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
@@ -139,6 +149,42 @@ def decode(
         )
         img = img.crop(crop)
     return Decoded(img, None, uw, uh)
+
+
+def _stored_box(box, orient: int, w0: int, h0: int) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) in the upright image -> the same pixels in the stored image."""
+    to_stored = {
+        1: lambda u, v: (u, v),
+        2: lambda u, v: (w0 - u, v),
+        3: lambda u, v: (w0 - u, h0 - v),
+        4: lambda u, v: (u, h0 - v),
+        5: lambda u, v: (v, u),
+        6: lambda u, v: (v, h0 - u),
+        7: lambda u, v: (w0 - v, h0 - u),
+        8: lambda u, v: (w0 - v, u),
+    }.get(orient, lambda u, v: (u, v))
+    (sa, ta), (sb, tb) = to_stored(box[0], box[1]), to_stored(box[2], box[3])
+    return min(sa, sb), min(ta, tb), max(sa, sb), max(ta, tb)
+
+
+def _decode_window(data: bytes, box, orient: int, size: tuple[int, int], denom: int) -> Decoded | None:
+    """The crop through reid.jpegroi (upright RGB, or a reason), or None to fall back to Pillow."""
+    w0, h0 = size
+    ow, oh = jpegroi.scaled_size(w0, h0, denom)
+    sx0, sy0, sx1, sy1 = _stored_box(box, orient, w0, h0)
+    fx, fy = ow / w0, oh / h0
+    x0, y0 = min(int(round(sx0 * fx)), ow - 1), min(int(round(sy0 * fy)), oh - 1)
+    x1 = min(max(int(round(sx1 * fx)), x0 + 1), ow)
+    y1 = min(max(int(round(sy1 * fy)), y0 + 1), oh)
+    pixels, status, msg = jpegroi.decode_window(data, denom, (x0, y0, x1 - x0, y1 - y0), fast=denom > 1)
+    if status == jpegroi.UNSUPPORTED:
+        return None  # e.g. CMYK: Pillow converts it
+    if status == jpegroi.TRUNCATED:
+        return Decoded(None, f"truncated: {msg}")
+    if status != jpegroi.OK:
+        return Decoded(None, f"corrupt: {msg}")
+    img = Image.fromarray(pixels, "RGB")
+    return Decoded(_transpose(img, orient) if orient != 1 else img)
 
 
 _TRANSPOSE = {

@@ -195,7 +195,7 @@ def load(c: Candidate) -> tuple[dict | None, dict | None]:
     if too_big:
         return None, {**reject, "reason": too_big}
     # A full decode (JPEGs in draft mode) catches truncated and corrupt files now, not mid-training.
-    dec = imageio.decode(data, bbox=c.bbox, target_size=64)
+    dec = imageio.decode(data, bbox=c.bbox, target_size=64, roi=False)  # every byte checked
     if not dec.ok:
         return None, {**reject, "reason": dec.reason}
     row.update(

@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from reid import imageio
@@ -68,3 +69,74 @@ def test_exif_capture_time():
     t = imageio.capture_time(jpeg_bytes(photo(), exif_orientation=1))
     assert t is not None and (t.year, t.month, t.day, t.hour) == (2023, 6, 1, 12)
     assert imageio.capture_time(b"junk") is None
+
+
+# Region-of-interest decoding (reid.jpegroi): only the crop's window of a JPEG is decoded.
+
+
+def _smooth_photo(w: int = 640, h: int = 480, seed: int = 3) -> Image.Image:
+    """Smooth structure plus mild noise, so that decoder rounding differences stay small."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    arr = np.stack(
+        [128 + 90 * np.sin(xx / (17 + 9 * c) + c) * np.cos(yy / (23 + 5 * c)) for c in range(3)], -1
+    )
+    arr += rng.normal(0, 4, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def test_region_decoder_is_built():
+    from reid import jpegroi
+
+    assert jpegroi.available(), "reid/_jpegroi was not built: `make setup` (pip install -e .) builds it"
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize(
+    "bbox,target",
+    [
+        (None, 96),
+        ((37, 51, 401, 297), 96),
+        ((300, 10, 120, 80), 32),
+        ((5, 200, 250, 230), 224),
+        ((0, 0, 17, 9), 8),
+    ],
+)
+def test_region_decode_matches_the_full_decode(orientation, bbox, target):
+    data = jpeg_bytes(_smooth_photo(), exif_orientation=orientation)
+    if bbox is not None and orientation in (5, 6, 7, 8):  # upright image is 480 x 640
+        bbox = (bbox[1], bbox[0], bbox[3], bbox[2])
+    roi = imageio.decode(data, bbox=bbox, target_size=target)
+    full = imageio.decode(data, bbox=bbox, target_size=target, roi=False)
+    assert roi.ok and full.ok
+    assert roi.image.size == full.image.size and (roi.width, roi.height) == (full.width, full.height)
+    a, b = np.asarray(roi.image).astype(int), np.asarray(full.image).astype(int)
+    # same pixels up to the decoder's rounding at the window's iMCU edges
+    assert np.abs(a - b).mean() < 1.0, np.abs(a - b).mean()
+    assert np.percentile(np.abs(a - b), 99) <= 8
+
+
+def test_region_decode_of_grayscale_and_cmyk_jpegs():
+    gray = jpeg_bytes(_smooth_photo().convert("L"))
+    dec = imageio.decode(gray, bbox=(10, 10, 300, 200), target_size=64)
+    full = imageio.decode(gray, bbox=(10, 10, 300, 200), target_size=64, roi=False)
+    assert dec.ok and dec.image.mode == "RGB" and dec.image.size == full.image.size
+    assert np.abs(np.asarray(dec.image).astype(int) - np.asarray(full.image).astype(int)).mean() < 1.0
+    buf = io.BytesIO()
+    _smooth_photo().convert("CMYK").save(buf, format="JPEG")
+    cmyk = imageio.decode(buf.getvalue(), bbox=(10, 10, 300, 200), target_size=64)  # falls back to Pillow
+    assert cmyk.ok and cmyk.image.mode == "RGB" and cmyk.image.size == (150, 100)
+
+
+def test_region_decode_of_damaged_jpegs():
+    data = jpeg_bytes(_smooth_photo(), quality=95)
+    cut = data[: len(data) // 3]
+    # the crop reaches into the missing part: truncated, as Pillow says for a full decode
+    assert imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64).reason.startswith("truncated")
+    assert imageio.decode(cut, target_size=64, roi=False).reason.startswith("truncated")
+    # a crop that lies wholly above the damage is intact; ingest (roi=False) still rejects the file
+    top = imageio.decode(cut, bbox=(0, 0, 200, 60), target_size=16)
+    assert top.ok and top.image.size == (100, 30)
+    garbage = data[:600] + bytes(range(256)) * 8
+    bad = imageio.decode(garbage, bbox=(0, 300, 200, 150), target_size=64)
+    assert not bad.ok and bad.reason.split(":")[0] in ("corrupt", "truncated")
