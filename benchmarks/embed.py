@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from reid import imageio, jpegroi, manifest  # noqa: E402
+from reid.allocator import keep_freed_memory  # noqa: E402
 from reid.archive import ArchiveWriter, iter_rows  # noqa: E402
 from reid.model import ModelSpec, create_model, load_package, save_package  # noqa: E402
 from reid.preprocess import decode_for_model, resize_square  # noqa: E402
@@ -79,6 +80,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # (a) and (b) run with the allocator settings of the job's model actors (reid/allocator.py):
+    # the comparison is of the job's layout, not of glibc's defaults.
+    keep_freed_memory()
     root = tempfile.mkdtemp(prefix="reid-bench-embed-")
     try:
         bench(args, root)

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jobs.train import Session, make_config, normal_priority  # noqa: E402
+from reid.allocator import process_env  # noqa: E402
 from reid.archive import ArchiveWriter, stable_id  # noqa: E402
 
 
@@ -129,7 +130,12 @@ def main() -> None:
             },  # fmt: skip
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
-            run_config=ray.train.RunConfig(name="bench", storage_path=os.path.join(tmp, "ray")),
+            # the worker environment `reid train` gives CPU workers (reid/allocator.py)
+            run_config=ray.train.RunConfig(
+                name="bench",
+                storage_path=os.path.join(tmp, "ray"),
+                worker_runtime_env={"env_vars": process_env()},
+            ),  # fmt: skip
         )
         trainer.fit()
         ray_wall = time.perf_counter() - t0

@@ -136,11 +136,13 @@ class Embedder:
     def __init__(self, model: str, batch_size: int, threads: int | None):
         import torch
 
+        from reid.allocator import keep_freed_memory
         from reid.model import load_package
 
         if threads:
             torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        keep_freed_memory()  # no mmap/munmap of activations per batch (1.35x on CPU)
         self.model, self.spec = load_package(model)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size
@@ -308,6 +310,18 @@ def run(cfg: EmbedConfig) -> dict:
     return summary
 
 
+def _model_actor_env(res: dict) -> dict:
+    """runtime_env of the model actors: storage variables, and on CPU the allocator settings that
+    keep activations in the heap between batches (reid/allocator.py; they must be set at start)."""
+    from cluster.runtime import task_env
+    from reid.allocator import process_env
+
+    env = task_env()
+    if res["gpus_per_actor"] == 0:
+        env["env_vars"] = {**env.get("env_vars", {}), **process_env()}
+    return env
+
+
 def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, dict]:
     import ray
 
@@ -345,7 +359,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         compute=ray.data.ActorPoolStrategy(
             size=res["actors"], max_tasks_in_flight_per_actor=2 if res["inline_decode"] else None
         ),
-        runtime_env=task_env(),  # Ray Data restarts dead actors and retries their tasks by default
+        runtime_env=_model_actor_env(res),  # Ray Data restarts dead actors and retries their tasks
     )
     pending: dict[str, dict[str, tuple]] = defaultdict(dict)
     n_ok = n_bad = 0

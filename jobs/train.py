@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.common import print_summary, progress
 from reid import archive, manifest, storage, traindata
+from reid.allocator import process_env
 from reid.errors import ConfigError
 
 JOB = "train"
@@ -320,10 +321,13 @@ class Session:
         from torch.utils.data import DataLoader
 
         from reid import losses, sampler, transforms
+        from reid.allocator import keep_freed_memory
         from reid.model import create_model
 
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = device or torch.device("cpu")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # activations stay in the heap between steps (reid/allocator.py)
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.plan = plan or plan_data(cfg)
         self.model = create_model(cfg.model_spec()).to(self.device)
@@ -850,8 +854,12 @@ def run(cfg: TrainConfig) -> dict:
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
-            # Workers reach the same storage as the driver (credentials only to a Ray started here).
-            worker_runtime_env={"env_vars": storage_env(include_secrets=local_ray)},
+            # Workers reach the same storage as the driver (credentials only to a Ray started here);
+            # on CPU, activations stay in the heap between steps (reid/allocator.py: the training
+            # loop runs on a worker thread, so the settings must be in place at process start).
+            worker_runtime_env={
+                "env_vars": {**storage_env(include_secrets=local_ray), **({} if gpu else process_env())}
+            },
         ),
     )
     result = trainer.fit()
