@@ -2,11 +2,10 @@
 
 glibc serves large allocations (above a threshold that grows to 32 MB at most) with mmap and
 returns them to the kernel on free. A CPU forward pass allocates activations of ~100 MB per
-batch (resnet18 @ 224, batch 32), so every batch maps them again and the kernel zeroes each page:
-9.3 of 46 CPU-seconds went to the kernel, and raising both thresholds made the same forward
-pass 1.35x faster on this project's 2-CPU machine (see the README's embedding figures). The
-process then keeps its peak heap instead of shrinking back after each batch: a long-lived
-model actor reaches that peak on its first batch anyway.
+batch (resnet18 @ 224, batch 32), so every batch maps them again and the kernel zeroes each
+page; ``benchmarks/allocator.py`` measures the kernel's share and what raising both thresholds
+gains. The process then keeps its peak heap instead of shrinking back after each batch: a
+long-lived model actor reaches that peak on its first batch anyway.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ def process_env(limit: int = DEFAULT_LIMIT) -> dict[str, str]:
 
     With MALLOC_ARENA_MAX=1 too: a thread other than the main one allocates from an arena of its
     own whose heaps are capped at 64 MB, so its large blocks are mmapped whatever the threshold,
-    and Ray Data runs an actor's batches on such a thread (measured: resnet18 forward 17.7 img/s
-    on a second thread vs 24.7 with one arena). Empty when disabled or set by the user.
+    and Ray Data runs an actor's batches on such a thread (``benchmarks/allocator.py`` measures
+    both threads). Empty when disabled or set by the user.
     """
     if not _enabled() or any(os.environ.get(v) for v in _USER_VARS):
         return {}
