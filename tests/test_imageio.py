@@ -140,3 +140,13 @@ def test_region_decode_of_damaged_jpegs():
     garbage = data[:600] + bytes(range(256)) * 8
     bad = imageio.decode(garbage, bbox=(0, 300, 200, 150), target_size=64)
     assert not bad.ok and bad.reason.split(":")[0] in ("corrupt", "truncated")
+
+
+def test_region_decode_of_a_progressive_jpeg():
+    buf = io.BytesIO()
+    _smooth_photo().save(buf, format="JPEG", quality=90, progressive=True)
+    for bbox, target in (((200, 150, 300, 250), 64), ((0, 0, 640, 480), 480)):
+        roi = imageio.decode(buf.getvalue(), bbox=bbox, target_size=target)
+        full = imageio.decode(buf.getvalue(), bbox=bbox, target_size=target, roi=False)
+        assert roi.ok and roi.image.size == full.image.size
+        assert np.abs(np.asarray(roi.image).astype(int) - np.asarray(full.image).astype(int)).mean() < 1.0
