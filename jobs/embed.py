@@ -120,11 +120,25 @@ def decode_units(batch: dict, size: int) -> dict:
     }
 
 
+def _check_region_decoder() -> None:
+    """Say so (in the actor's log, shown by the driver) when JPEGs will be decoded whole."""
+    from reid import jpegroi
+
+    if not jpegroi.available():
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "reid/_jpegroi is not built on this node: JPEGs are decoded whole by Pillow (slower); "
+            "install the package with libjpeg headers and a C compiler present (pip install .)"
+        )
+
+
 class DecodeUnits:
     """Ray Data UDF (CPU actors feeding GPU actors): unit descriptors -> decoded pixels."""
 
     def __init__(self, size: int):
         self.size = size
+        _check_region_decoder()
 
     def __call__(self, batch: dict) -> dict:
         return decode_units(batch, self.size)
@@ -171,6 +185,10 @@ class Embedder:
 
 class DecodeEmbedder(Embedder):
     """Ray Data actor (CPU-only layout): decodes its units' images, then embeds them."""
+
+    def __init__(self, model: str, batch_size: int, threads: int | None):
+        super().__init__(model, batch_size, threads)
+        _check_region_decoder()
 
     def __call__(self, batch: dict) -> dict:
         return super().__call__(decode_units(batch, self.spec.input_size))
