@@ -131,9 +131,14 @@ def test_region_decode_of_grayscale_and_cmyk_jpegs():
 def test_region_decode_of_damaged_jpegs():
     data = jpeg_bytes(_smooth_photo(), quality=95)
     cut = data[: len(data) // 3]
-    # the crop reaches into the missing part: truncated, as Pillow says for a full decode
-    assert imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64).reason.startswith("truncated")
-    assert imageio.decode(cut, target_size=64, roi=False).reason.startswith("truncated")
+    # the crop reaches into the missing part: Pillow's verdict on the whole file, word for word
+    roi = imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64)
+    assert roi.reason.startswith("truncated")
+    assert roi.reason == imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64, roi=False).reason
+    from reid import jpegroi
+
+    _, status, msg = jpegroi.decode_window(cut, 2, (0, 150, 100, 75), fast=True)
+    assert status == jpegroi.TRUNCATED and "end of JPEG" in msg
     # a crop that lies wholly above the damage is intact; ingest (roi=False) still rejects the file
     top = imageio.decode(cut, bbox=(0, 0, 200, 60), target_size=16)
     assert top.ok and top.image.size == (100, 30)
