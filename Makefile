@@ -11,6 +11,11 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py reid/_jpegroi.c
+	@# a C compiler and libjpeg's headers build reid/_jpegroi (without them: Pillow decodes whole JPEGs)
+	@{ command -v cc >/dev/null 2>&1 && test -f /usr/include/jpeglib.h; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev libjpeg-dev >/dev/null; \
+	  else echo "note: no C compiler or libjpeg headers: reid/_jpegroi will not be built"; fi; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: pip takes these wheels from local files (a CUDA build that also runs on CPU)
