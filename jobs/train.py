@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.common import print_summary, progress
 from reid import archive, manifest, storage, traindata
-from reid.allocator import process_env
+from reid.allocator import keep_freed_memory, process_env
 from reid.errors import ConfigError
 
 JOB = "train"
@@ -321,7 +321,6 @@ class Session:
         from torch.utils.data import DataLoader
 
         from reid import losses, sampler, transforms
-        from reid.allocator import keep_freed_memory
         from reid.model import create_model
 
         self.cfg, self.rank, self.world = cfg, rank, world

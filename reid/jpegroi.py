@@ -10,37 +10,29 @@ the library was not built; callers then decode with Pillow.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
-import threading
 
 import numpy as np
 
 OK, ERROR, TRUNCATED, UNSUPPORTED = 0, 1, 2, 3
-_lib = None
-_loaded = False
-_lock = threading.Lock()
 
 
+@functools.cache  # once per process, without a lock on every decode (a second load is harmless)
 def _load():
-    global _lib, _loaded
-    with _lock:
-        if _loaded:
-            return _lib
-        _loaded = True
-        spec = importlib.util.find_spec("reid._jpegroi")
-        if spec is None or not spec.origin:
-            return None
-        try:
-            lib = ctypes.CDLL(spec.origin)
-        except OSError:
-            return None
-        fn = lib.reid_jpeg_decode_roi
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p,
-                       ctypes.c_int]  # fmt: skip
-        _lib = lib
-        return lib
+    spec = importlib.util.find_spec("reid._jpegroi")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    fn = lib.reid_jpeg_decode_roi
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p,
+                   ctypes.c_int]  # fmt: skip
+    return lib
 
 
 def available() -> bool:
