@@ -30,7 +30,14 @@ from pydantic import BaseModel, Field, field_validator
 from jobs.common import print_summary, progress
 from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
-from reid.schema import CARRIED_COLUMNS, REJECTS_SCHEMA, check_unique, conform, embeddings_schema
+from reid.schema import (
+    CARRIED_COLUMNS,
+    OPTIONAL_CARRIED_COLUMNS,
+    REJECTS_SCHEMA,
+    check_unique,
+    conform,
+    embeddings_schema,
+)
 
 JOB = "embed"
 REJECTS_DIR = "_rejects"
@@ -90,10 +97,20 @@ def unit_uri(out: str, unit: str) -> str:
     return storage.join(out, f"part-{unit}.parquet")
 
 
-def _read_row_group(file: str, row_group: int, columns: list[str]) -> pa.Table:
+def _read_row_group(file: str, row_group: int, columns: list[str], optional: bool = False) -> pa.Table:
+    """One row group; with ``optional``, also the optional carried columns (``photo_id``: the
+    image_id in archives written before it existed)."""
     fs, path = storage.resolve(file)
     with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(row_group, columns=columns)
+        pf = pq.ParquetFile(f)
+        if not optional:
+            return pf.read_row_group(row_group, columns=columns)
+        present = set(pf.schema_arrow.names)
+        extra = [c for c in OPTIONAL_CARRIED_COLUMNS if c in present and c not in columns]
+        table = pf.read_row_group(row_group, columns=[*columns, *extra])
+    if "photo_id" not in table.column_names:
+        table = table.append_column("photo_id", table.column("image_id"))
+    return table
 
 
 def decode_units(batch: dict, size: int) -> dict:
@@ -203,7 +220,9 @@ def commit_unit(
     cfg: EmbedConfig, spec, unit: dict, rows: dict[str, tuple[np.ndarray, str]]
 ) -> tuple[int, int]:
     """Write one unit: its rejects (if any), then its embeddings part (the commit). Returns counts."""
-    meta = _read_row_group(unit["file"], unit["row_group"], ["image_id", "source", *CARRIED_COLUMNS])
+    meta = _read_row_group(
+        unit["file"], unit["row_group"], ["image_id", "source", *CARRIED_COLUMNS], optional=True
+    )
     good, bad = [], []
     for i, image_id in enumerate(meta.column("image_id").to_pylist()):
         emb, reason = rows[image_id]
@@ -222,7 +241,7 @@ def commit_unit(
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
         "model_id": pa.array([spec.model_id] * len(good), pa.string()),
     }
-    for c in CARRIED_COLUMNS:
+    for c in (*CARRIED_COLUMNS, *OPTIONAL_CARRIED_COLUMNS):
         cols[c] = meta.column(c).take(take)
     table = conform(pa.table(cols), embeddings_schema(dim))
     storage.write_parquet(table, unit_uri(cfg.out, unit["unit"]))

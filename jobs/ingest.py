@@ -1,4 +1,11 @@
-"""`reid ingest SRC OUT`: photo folders or manifests into a Parquet image archive (local or s3://)."""
+"""`reid ingest SRC OUT`: photo folders or manifests into a Parquet image archive (local or s3://).
+
+Every candidate (an annotation: a photo, or one box in it) is accounted for in the summary:
+``candidates = written + rejected + duplicates_of_existing``. Repeats within the input are
+rejects with reason ``duplicate: ...``; rows already in the archive are not written again, and
+those whose labels or metadata differ are counted as ``changed`` and rewritten only with
+``--update``.
+"""
 
 from __future__ import annotations
 
@@ -21,25 +28,70 @@ class IngestConfig(BaseModel):
     species: str | None = None
     survey: str | None = None
     threads: int = Field(4, ge=1, le=64)
+    update: bool = Field(False, description="rewrite archive rows whose labels/metadata changed in SRC")
+    decode_megapixels: int = Field(
+        ingest.DECODE_PIXEL_BUDGET // 1_000_000,
+        ge=1,
+        le=10_000,
+        description="pixels decoded at once, all threads",
+    )
+
+
+def _plan(
+    candidates: list[ingest.Candidate], existing: dict[str, dict]
+) -> tuple[list[ingest.Candidate], list[dict], dict[str, dict], int]:
+    """Split candidates: to load, duplicate rejects, changes to existing rows, count already present."""
+    todo: list[ingest.Candidate] = []
+    rejects: list[dict] = []
+    changes: dict[str, dict] = {}
+    first: dict[str, ingest.Candidate] = {}
+    present = 0
+    for c in candidates:
+        image_id = ingest.image_id_for(c)
+        if image_id in first:
+            rejects.append(
+                {"image_id": image_id, "source": c.uri, "reason": ingest.duplicate_reason(c, first[image_id])}
+            )
+            continue
+        first[image_id] = c
+        if image_id in existing:
+            present += 1
+            diff = ingest.differences(c, existing[image_id])
+            if diff:
+                changes[image_id] = diff
+            continue
+        todo.append(c)
+    return todo, rejects, changes, present
+
+
+def _sources(previous: dict | None, src: str) -> list[str]:
+    """Every source ingested into this archive so far, in order, this one last."""
+    earlier = [i.get("uri") for i in (previous or {}).get("inputs", []) if isinstance(i, dict)]
+    out = [u for u in earlier if u and u != src]
+    return [*dict.fromkeys(out), src]
 
 
 def run(cfg: IngestConfig) -> dict:
-    """Ingest every photo once: good ones into part files, bad ones into ``_rejects.parquet``."""
+    """Ingest every annotation once: good ones into part files, bad ones into ``_rejects.parquet``."""
     started = manifest.now()
     t0 = time.perf_counter()
     manifest.ensure_writable_output(cfg.out, JOB, force=True)
-    candidates = ingest.scan(cfg.src, species=cfg.species, survey=cfg.survey)
-    done = archive.existing_ids(cfg.out)
-    todo = [c for c in candidates if ingest.image_id_for(c) not in done]
-    writer = archive.ArchiveWriter(cfg.out, skip_ids=done)
-    rejects: list[dict] = []
+    previous = manifest.read_manifest(cfg.out)
+    src = ingest.absolute_uri(cfg.src)
+    candidates = ingest.scan(src, species=cfg.species, survey=cfg.survey)
+    existing = archive.existing_metadata(cfg.out, list(ingest.COMPARED))
+    todo, rejects, changes, present = _plan(candidates, existing)
+    writer = archive.ArchiveWriter(cfg.out, skip_ids=existing)
+    budget = ingest.PixelBudget(cfg.decode_megapixels * 1_000_000)
     with ThreadPoolExecutor(cfg.threads) as pool:
-        for row, reject in progress(pool.map(ingest.load, todo), total=len(todo), desc="ingest"):
+        loaded = pool.map(lambda c: ingest.load(c, budget), todo)
+        for row, reject in progress(loaded, total=len(todo), desc="ingest"):
             if reject is not None:
                 rejects.append(reject)
-            else:
-                writer.add(row)
+            elif not writer.add(row):  # _plan removed repeats; kept so nothing is ever unaccounted
+                rejects.append({**writer.skipped[-1], "reason": "duplicate: image_id already written"})
     writer.close()
+    updated = archive.update_rows(cfg.out, changes) if (changes and cfg.update) else []
     if rejects or not storage.exists(storage.join(cfg.out, archive.REJECTS)):
         archive.write_rejects(cfg.out, rejects)
     has_rows = bool(storage.list_files(cfg.out, suffix=".parquet"))
@@ -48,17 +100,24 @@ def run(cfg: IngestConfig) -> dict:
         if has_rows
         else []
     )
-    individuals = len({i for i in labels if i is not None})
     counts = {
         "candidates": len(candidates),
-        "already_present": len(candidates) - len(todo),
         "written": writer.written_rows,
         "rejected": len(rejects),
+        "duplicates_of_existing": present,
+        "changed": len(changes),
+        "updated": len(changes) if updated else 0,
         "archive_rows": len(labels),
-        "individuals": individuals,
+        "individuals": len({i for i in labels if i is not None}),
     }
-    manifest.write_manifest(cfg.out, JOB, cfg.model_dump(), [cfg.src], counts, started)
-    return {**counts, "files": len(writer.files), "wall_s": round(time.perf_counter() - t0, 2)}
+    sources = _sources(previous, src)
+    manifest.write_manifest(cfg.out, JOB, {**cfg.model_dump(), "src": src}, sources, counts, started)
+    return {
+        **counts,
+        "files": len(writer.files) + len(updated),
+        "peak_decode_pixels": budget.peak,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def register(app: typer.Typer) -> None:
@@ -69,13 +128,33 @@ def register(app: typer.Typer) -> None:
         species: str = typer.Option(None, help="species of every photo (unless the manifest says)"),
         survey: str = typer.Option(None, help="survey label, e.g. 2023 (unless the manifest says)"),
         threads: int = typer.Option(4, help="parallel readers/decoders"),
+        update: bool = typer.Option(
+            False, "--update", help="rewrite rows already in OUT whose label/metadata differ in SRC"
+        ),
+        decode_megapixels: int = typer.Option(
+            ingest.DECODE_PIXEL_BUDGET // 1_000_000, help="megapixels decoded at once by all threads"
+        ),
     ):
         """Ingest photos into a Parquet image archive; unreadable files go to OUT/_rejects.parquet."""
         try:
-            cfg = IngestConfig(src=src, out=out, species=species, survey=survey, threads=threads)
+            cfg = IngestConfig(
+                src=src,
+                out=out,
+                species=species,
+                survey=survey,
+                threads=threads,
+                update=update,
+                decode_megapixels=decode_megapixels,
+            )
         except ValueError as e:
             raise ReidError(f"bad ingest options: {e}") from e
         summary = run(cfg)
         print_summary(JOB, summary)
         if summary["rejected"]:
             typer.echo(f"{summary['rejected']} file(s) rejected: see {storage.join(out, archive.REJECTS)}")
+        if summary["changed"] and not update:
+            typer.echo(
+                f"{summary['changed']} row(s) already in {out} differ from {src} (labels/metadata); "
+                "re-run with --update to write them",
+                err=True,
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -106,6 +107,9 @@ def decode(
     uw, uh = (h0, w0) if swap else (w0, h0)
     box = _bbox_tuple(bbox)
     if box is not None:
+        bad = bbox_problem(box)
+        if bad:
+            return Decoded(None, bad, uw, uh)
         x, y, bw, bh = box
         x0, y0 = max(0.0, x), max(0.0, y)
         x1, y1 = min(float(uw), x + bw), min(float(uh), y + bh)
@@ -116,8 +120,7 @@ def decode(
     if target_size and img.format == "JPEG":
         crop_w = (box[2] - box[0]) if box else uw
         crop_h = (box[3] - box[1]) if box else uh
-        scale = target_size / max(1.0, min(crop_w, crop_h))
-        denom = next((d for d in (8, 4, 2) if d * scale <= 1.0), 1)  # as Pillow's draft picks
+        denom = _draft_denom(crop_w, crop_h, target_size)
         if roi and img.mode in ("RGB", "L") and jpegroi.available():
             window = _decode_window(data, box or (0.0, 0.0, float(uw), float(uh)), orient, (w0, h0), denom)
             if window is not None:
@@ -149,6 +152,65 @@ def decode(
         )
         img = img.crop(crop)
     return Decoded(img, None, uw, uh)
+
+
+def _draft_denom(crop_w: float, crop_h: float, target_size: int) -> int:
+    """The JPEG DCT scale (1, 2, 4, 8) that keeps at least ``target_size`` pixels in the crop."""
+    scale = target_size / max(1.0, min(crop_w, crop_h))
+    return next((d for d in (8, 4, 2) if d * scale <= 1.0), 1)  # as Pillow's draft picks
+
+
+def bbox_problem(bbox: dict | tuple | None) -> str | None:
+    """Why a bbox (x, y, w, h) cannot be used (non-finite, width/height not positive), or None."""
+    box = _bbox_tuple(bbox)
+    if box is None:
+        return None
+    if not all(math.isfinite(v) for v in box):
+        return f"bad bbox: {box} has a non-finite value (nan/inf); give x, y, w, h in pixels"
+    if box[2] <= 0 or box[3] <= 0:
+        return f"bad bbox: {box} has a width or height <= 0; give x, y, w, h in pixels"
+    return None
+
+
+def decode_pixels(data: bytes, bbox: dict | tuple | None = None, target_size: int | None = None) -> int:
+    """Pixels :func:`decode` will hold for ``data``, read from the header only (0 if unreadable).
+
+    Lets a caller bound the memory of concurrent decodes (a 100-megapixel PNG takes ~1 GB
+    decoded) before any pixel is decoded. JPEGs count at the DCT scale decode will use.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - decode() gives the reason; nothing to budget
+        return 0
+    w, h = img.size
+    if target_size and img.format == "JPEG":
+        box = _bbox_tuple(bbox)
+        if box is None or bbox_problem(box):
+            crop_w, crop_h = float(w), float(h)
+        else:
+            crop_w, crop_h = min(box[2], float(max(w, h))), min(box[3], float(max(w, h)))
+        d = _draft_denom(crop_w, crop_h, target_size)
+        w, h = -(-w // d), -(-h // d)
+    return max(0, w * h)
+
+
+def jpeg_damage(data: bytes) -> str | None:
+    """A reject reason when libjpeg warns about a JPEG's data (corrupt, premature end), else None.
+
+    Pillow decodes such files without a word (the missing or garbled blocks become invented
+    pixels), so ingest asks libjpeg itself through reid.jpegroi; without that library built,
+    Pillow's verdict stands. Non-JPEG data is not checked here.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    status, msg = jpegroi.check(data)
+    if status == jpegroi.CORRUPT:
+        return f"corrupt: {msg}"
+    if status == jpegroi.TRUNCATED:
+        return f"truncated: {msg}"
+    if status == jpegroi.ERROR:
+        return f"corrupt: {msg}"
+    return None
 
 
 def _stored_box(box, orient: int, w0: int, h0: int) -> tuple[float, float, float, float]:

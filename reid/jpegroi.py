@@ -15,7 +15,7 @@ import importlib.util
 
 import numpy as np
 
-OK, ERROR, TRUNCATED, UNSUPPORTED = 0, 1, 2, 3
+OK, ERROR, TRUNCATED, UNSUPPORTED, CORRUPT = 0, 1, 2, 3, 4
 
 
 @functools.cache  # once per process, without a lock on every decode (a second load is harmless)
@@ -32,6 +32,9 @@ def _load():
     fn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p,
                    ctypes.c_int]  # fmt: skip
+    if hasattr(lib, "reid_jpeg_check"):  # absent from a library built before it was added
+        lib.reid_jpeg_check.restype = ctypes.c_int
+        lib.reid_jpeg_check.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
     return lib
 
 
@@ -61,3 +64,17 @@ def decode_window(
     status = lib.reid_jpeg_decode_roi(data, len(data), denom, int(fast), x, y, w, h,
                                       out.ctypes.data, msg, len(msg))  # fmt: skip
     return (out if status == OK else None), status, msg.value.decode("utf-8", "replace")
+
+
+def check(data: bytes) -> tuple[int, str]:
+    """libjpeg's verdict on every byte of a JPEG: (OK | TRUNCATED | CORRUPT | ERROR, first warning).
+
+    Pillow decodes through libjpeg's "Corrupt JPEG data" warnings silently (the pixels are then
+    partly invented); ingest refuses such files. (UNSUPPORTED, msg) when the library is not built.
+    """
+    lib = _load()
+    if lib is None or not hasattr(lib, "reid_jpeg_check"):
+        return UNSUPPORTED, "region decoder not built"
+    msg = ctypes.create_string_buffer(200)
+    status = lib.reid_jpeg_check(data, len(data), msg, len(msg))
+    return status, msg.value.decode("utf-8", "replace")

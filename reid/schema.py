@@ -28,11 +28,53 @@ ARCHIVE_SCHEMA = pa.schema(
         pa.field("source", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # One row per annotation: the photo's own id, shared by every animal boxed in it, so
+        # exclusions of one photo (or burst) still work; the user's own annotation id, if any.
+        pa.field("photo_id", pa.string()),
+        pa.field("annotation_id", pa.string()),
     ]
 )
 ARCHIVE_COLUMNS = ARCHIVE_SCHEMA.names
+# Columns added after archives were first written: absent in older files, which still read
+# (readers fill ``photo_id`` with ``image_id`` there: one annotation per photo).
+OPTIONAL_ARCHIVE_COLUMNS = ("photo_id", "annotation_id")
 # Metadata carried from the archive into embeddings (and on to matches).
 CARRIED_COLUMNS = ["individual_id", "survey", "captured_at", "camera_id", "viewpoint"]
+# Carried into embeddings too, but optional there (older embeddings lack it).
+OPTIONAL_CARRIED_COLUMNS = ("photo_id",)
+
+# Names that mean "no individual" in any input (folder names, manifest cells), compared after
+# strip() and lower(): wildlife-datasets writes "unknown"; spreadsheets write "", "-", "NA", "nan".
+UNLABELLED_NAMES = frozenset(
+    {
+        "",
+        "unknown",
+        "_unknown",
+        "unidentified",
+        "unlabeled",
+        "unlabelled",
+        "none",
+        "null",
+        "nan",
+        "na",
+        "n/a",
+        "-",
+        "--",
+        "?",
+    }
+)
+
+
+def individual_or_none(name: object) -> str | None:
+    """The individual named by ``name``, or None when it is missing or means unlabelled.
+
+    The one rule for every input format (folders, CSV, JSON): see ``UNLABELLED_NAMES``.
+    """
+    if name is None:
+        return None
+    text = str(name).strip()
+    return None if text.lower() in UNLABELLED_NAMES else text
+
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -49,7 +91,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
         pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
         pa.field("model_id", pa.string(), nullable=False),
     ]
-    fields += [ARCHIVE_SCHEMA.field(c) for c in CARRIED_COLUMNS]
+    fields += [ARCHIVE_SCHEMA.field(c) for c in (*CARRIED_COLUMNS, *OPTIONAL_CARRIED_COLUMNS)]
     return pa.schema(fields)
 
 
@@ -63,8 +105,12 @@ MATCHES_SCHEMA = pa.schema(
 )
 
 
-def _check_fields(schema: pa.Schema, expected: pa.Schema, source: str, what: str) -> None:
+def _check_fields(
+    schema: pa.Schema, expected: pa.Schema, source: str, what: str, optional: tuple[str, ...] = ()
+) -> None:
     for field in expected:
+        if field.name not in schema.names and field.name in optional:
+            continue
         if field.name not in schema.names:
             raise SchemaError(
                 f"{source}: {what} column {field.name!r} is missing (found: {', '.join(schema.names)})"
@@ -104,7 +150,7 @@ def check_unique(table: pa.Table, column: str, source: str) -> None:
 def validate_archive(table_or_schema: pa.Table | pa.Schema, source: str) -> None:
     """Refuse an archive table with a missing column, a wrong type or a duplicate ``image_id``."""
     schema = table_or_schema if isinstance(table_or_schema, pa.Schema) else table_or_schema.schema
-    _check_fields(schema, ARCHIVE_SCHEMA, source, "archive")
+    _check_fields(schema, ARCHIVE_SCHEMA, source, "archive", OPTIONAL_ARCHIVE_COLUMNS)
     if isinstance(table_or_schema, pa.Table):
         check_unique(table_or_schema, "image_id", source)
 
@@ -119,7 +165,7 @@ def validate_embeddings(table_or_schema: pa.Table | pa.Schema, source: str) -> i
         raise SchemaError(
             f"{source}: column 'embedding' has type {etype}, expected fixed_size_list<float32>[d]"
         )
-    _check_fields(schema, embeddings_schema(etype.list_size), source, "embeddings")
+    _check_fields(schema, embeddings_schema(etype.list_size), source, "embeddings", OPTIONAL_CARRIED_COLUMNS)
     if isinstance(table_or_schema, pa.Table):
         check_unique(table_or_schema, "image_id", source)
     return etype.list_size
