@@ -12,20 +12,27 @@ here, and stays a later step should many users share one deployment.
 Safety: uploads are read into memory (never written to disk), capped in bytes before and while
 reading and in pixels before decoding, and refused with a message when they are not images.
 Thumbnails are looked up by ``image_id`` in the index's id table; nothing from a request is ever
-used as a filesystem path, and the page's own files come from a fixed table.
+used as a filesystem path, and the page's own files come from a fixed table. Requests must name
+this server in their Host header (DNS rebinding), requests that change state must not come from
+another site (Origin, Sec-Fetch-Site), and upload decodes share a bounded pixel budget.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import io
 import ipaddress
+import math
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +41,7 @@ import typer
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from reid import archive, imageio, manifest, matching, review, storage
 from reid import index as rindex
@@ -56,6 +63,10 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}  # every other method changes state: Origin is checked
+SAME_ORIGIN_FETCH = {"same-origin", "none"}  # Sec-Fetch-Site values a state change may carry
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+ANY_ADDRESS = {"0.0.0.0", "::", ""}
 
 
 class ServeConfig(BaseModel):
@@ -65,12 +76,202 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     k: int = Field(5, ge=1, le=50, description="candidate individuals shown")
-    threshold: float | None = Field(None, description="override the index's calibrated threshold")
+    threshold: float | None = Field(
+        None, allow_inf_nan=False, description="override the index's calibrated threshold"
+    )
     max_upload_bytes: int = Field(10 * MB, ge=1024)
-    max_pixels: int = Field(40_000_000, ge=1024, le=imageio.MAX_PIXELS)
+    max_pixels: int = Field(
+        25_000_000, ge=1024, le=imageio.MAX_PIXELS, description="largest upload, in pixels (archives: more)"
+    )
+    decode_slots: int = Field(2, ge=1, le=64, description="upload decodes at once, at most")
+    decode_pixels: int = Field(50_000_000, ge=1024, description="pixels being decoded at once, at most")
+    decode_wait_s: float = Field(5.0, ge=0, le=600, description="wait for a decode slot, then answer 503")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names served besides loopback and --host (NAME or NAME:PORT)"
+    )
     examples: int = Field(6, ge=0, le=48, description="built-in example photos from the archive")
     thumb_size: int = Field(192, ge=32, le=1024)
     seed: int = 0
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_hosts(cls, names: list[str]) -> list[str]:
+        for name in names:
+            parse_authority(name)  # ValueError with the reason
+        return names
+
+
+# --------------------------------------------------------------------------------------------
+# Who may talk to the page: Host (DNS rebinding) and Origin (cross-site requests)
+
+
+def parse_authority(value: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """``name``, ``name:port``, ``[v6]:port`` -> (lower-case name, port or ``default_port``)."""
+    value = value.strip()
+    if not value or len(value) > 255 or any(c in value for c in "/@?#\\ \t"):
+        raise ValueError(f"{value[:80]!r} is not a host name (NAME or NAME:PORT)")
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not a host name ([IPv6] or [IPv6]:PORT)")
+        port_text = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        name, port_text = value.split(":")
+    else:
+        name, port_text = value, None  # a name, or a bare IPv6 address
+    if not name:
+        raise ValueError(f"{value!r} has no host name")
+    if port_text is None:
+        return name.lower(), default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return name.lower(), int(port_text)
+
+
+def _authority(name: str, port: int | None) -> str:
+    host = f"[{name}]" if ":" in name else name
+    return host if port is None else f"{host}:{port}"
+
+
+class HostGuard:
+    """The names this server answers to, and whether a state change comes from its own page.
+
+    Loopback names and the bound host are served at the bound port (any port until it is known,
+    as under a test client); ``--allowed-host NAME`` is accepted at any port, ``NAME:PORT`` at that
+    port (a reverse proxy's public name). Anything else is a DNS-rebinding attempt or a typo.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", allowed: list[str] | None = None, port: int | None = None):
+        self.names = set(LOOPBACK_NAMES)
+        self.extra = {parse_authority(a) for a in allowed or []}
+        self.port = port
+        self.bind(host, port)
+
+    def bind(self, host: str, port: int | None) -> None:
+        """The address the server listens on (call again once a ``--port 0`` is bound)."""
+        name = host.strip("[]").lower()
+        if name not in ANY_ADDRESS:
+            self.names.add(name)
+        self.port = port
+
+    def allows(self, name: str, port: int | None) -> bool:
+        if (name, None) in self.extra or (name, port) in self.extra:
+            return True
+        return name in self.names and (self.port is None or port == self.port)
+
+    def served(self) -> str:
+        names = [_authority(n, self.port) for n in sorted(self.names)]
+        return ", ".join(names + [_authority(n, p) for n, p in sorted(self.extra, key=str)])
+
+    def check_host(self, header: str | None) -> str | None:
+        """None when the Host header names this server, else why not (for an HTTP 400)."""
+        try:
+            ok = header is not None and self.allows(*parse_authority(header, default_port=80))
+        except ValueError:
+            ok = False
+        if ok:
+            return None
+        return (
+            f"this server answers only as {self.served()}, not as Host {(header or '')[:100]!r}: open "
+            "the page by one of those names, or restart reid serve with --allowed-host NAME"
+        )
+
+    def check_origin(self, origin: str | None, fetch_site: str | None) -> str | None:
+        """None when a state-changing request comes from this server's own page (or from a
+        non-browser client, which sends neither header), else why not (for an HTTP 403)."""
+        refused = (
+            "cross-site request refused: decisions and queries are accepted only from this server's page"
+        )
+        if fetch_site is not None and fetch_site.strip().lower() not in SAME_ORIGIN_FETCH:
+            return f"{refused} (Sec-Fetch-Site: {fetch_site[:40]!r})"
+        if origin is None:
+            return None
+        try:
+            parts = urlsplit(origin.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(origin)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            ok = self.allows(parts.hostname.lower(), port)
+        except ValueError:
+            ok = False
+        return None if ok else f"{refused} (Origin: {origin[:100]!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# A bounded, pixel-weighted budget for decoding uploads
+
+
+class Busy(Exception):
+    """Every decode slot stayed taken for longer than the wait allows (an HTTP 503)."""
+
+
+class DecodeGate:
+    """At most ``slots`` decodes and ``pixels`` pixels in flight at once, first come first served.
+
+    A decoded photo costs about 4 bytes a pixel (a 40-megapixel PNG of 116 KB: 150 MB, 8 s), so
+    the weight is the pixel count read from the header; a photo larger than the whole budget
+    waits until it can run alone. Who waits longer than ``wait_s`` gets :class:`Busy`.
+    """
+
+    def __init__(self, slots: int, pixels: int, wait_s: float):
+        self.slots, self.pixels, self.wait_s = slots, pixels, wait_s
+        self._cond = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()
+        self.in_flight = self.pixels_in_flight = 0
+        self.peak = self.peak_pixels = self.waited = self.refused = self.decoded = 0
+
+    def _fits(self, ticket: object, weight: int) -> bool:
+        return (
+            self._queue[0] is ticket
+            and self.in_flight < self.slots
+            and self.pixels_in_flight + weight <= self.pixels
+        )
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, wait_s: float | None = None) -> Iterator[int]:
+        """Hold one slot and ``pixels`` of the budget while the block runs; yields the weight."""
+        weight = max(1, min(pixels, self.pixels))
+        deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                if not self._fits(ticket, weight):
+                    self.waited += 1
+                while not self._fits(ticket, weight):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.refused += 1
+                        raise Busy(
+                            f"busy: {self.in_flight} photo(s) of {self.pixels_in_flight / 1e6:.1f} megapixels "
+                            f"are being decoded (at most {self.slots} at once, {self.pixels / 1e6:.0f} "
+                            "megapixels in all); try again in a few seconds"
+                        )
+                    self._cond.wait(left)
+                self.in_flight += 1
+                self.pixels_in_flight += weight
+                self.peak = max(self.peak, self.in_flight)
+                self.peak_pixels = max(self.peak_pixels, self.pixels_in_flight)
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+        try:
+            yield weight
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+                self.pixels_in_flight -= weight
+                self.decoded += 1
+                self._cond.notify_all()
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {
+                "slots": self.slots, "pixels": self.pixels, "wait_s": self.wait_s,
+                "in_flight": self.in_flight, "pixels_in_flight": self.pixels_in_flight,
+                "peak": self.peak, "peak_pixels": self.peak_pixels,
+                "waited": self.waited, "refused": self.refused, "decoded": self.decoded,
+            }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +483,8 @@ class Matcher:
             "k": self.cfg.k,
             "max_upload_bytes": self.cfg.max_upload_bytes,
             "max_pixels": self.cfg.max_pixels,
+            "decode_slots": self.cfg.decode_slots,
+            "decode_pixels": self.cfg.decode_pixels,
             "device": self.device,
         }
 
@@ -362,6 +565,8 @@ def create_app(
     if isinstance(archive, str):
         archive = [archive]
     cfg = ServeConfig(index=index, model=model, archive=archive, **options)
+    hosts = HostGuard(cfg.host, cfg.allowed_hosts)  # the port is set once the server is bound
+    gate = DecodeGate(cfg.decode_slots, cfg.decode_pixels, cfg.decode_wait_s)
     matcher = Matcher(cfg)
     recent = RecentQueries()
     thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -369,13 +574,24 @@ def create_app(
     app = FastAPI(title="reid serve", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.matcher = matcher
     app.state.config = cfg
+    app.state.hosts = hosts
+    app.state.decode_gate = gate
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.middleware("http")
-    async def headers(request: Request, call_next):
-        response = await call_next(request)
+    async def guard(request: Request, call_next) -> Response:
+        """Only this server's names (DNS rebinding), only its own page for state changes."""
+        why = hosts.check_host(request.headers.get("host"))
+        if why is not None:
+            response: Response = error(400, why)
+        elif request.method not in SAFE_METHODS and (
+            why := hosts.check_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"))
+        ):
+            response = error(403, why)
+        else:
+            response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -399,7 +615,7 @@ def create_app(
     @app.get("/api/info")
     def info() -> dict:
         examples = [{**e, "thumb": f"/thumb/{e['image_id']}"} for e in matcher.examples]
-        return {**matcher.describe(), "examples": examples}
+        return {**matcher.describe(), "decodes": gate.stats(), "examples": examples}
 
     def answer(query_id: str, sha: str, image_id: str | None, result: dict, **extra) -> dict:
         recent.put(query_id, {"sha256": sha, "image_id": image_id, **result})
@@ -431,8 +647,15 @@ def create_app(
             return error(e.status, e.message)
         from reid.preprocess import decode_for_model
 
+        def decode() -> tuple[np.ndarray | None, str | None]:
+            with gate.hold(w * h):
+                return decode_for_model(data, None, matcher.spec.input_size)
+
         t1 = time.perf_counter()
-        pixels, reason = await run_in_threadpool(decode_for_model, data, None, matcher.spec.input_size)
+        try:
+            pixels, reason = await run_in_threadpool(decode)
+        except Busy as e:
+            return error(503, str(e), headers={"Retry-After": "5"})
         if pixels is None:
             return error(422, f"could not decode this {fmt} image ({reason}): upload another photo")
         t2 = time.perf_counter()
@@ -513,25 +736,70 @@ def create_app(
     return app
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (0 = any free port), or one line saying why not.
+
+    Bound before anything is printed or loaded, so a port in use is an error the user can act on
+    (not "Open ..." followed by uvicorn's exit 3), and ``--port 0`` can print the real port.
+    """
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(
+            f"--host {host}: not an address of this machine ({e}); pass --host 127.0.0.1"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)  # listening claims the port (two bound, unlistened sockets may share it)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use; pass --port with a free port or --port 0"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror}); pass --host 127.0.0.1, or a --port above 1023"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def page_url(host: str, port: int) -> str:
+    """The address to open in a browser for a server bound to ``host:port``."""
+    name = host.strip("[]")
+    if name in ANY_ADDRESS:
+        name = "127.0.0.1" if name == "0.0.0.0" else "::1"
+    return f"http://{_authority(name, port)}/"
+
+
 @contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yields its URL (port 0 = any free port)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="reid-serve", daemon=True)
+    sock = bind_socket(host, port)
+    bound = sock.getsockname()[1]
+    guard = getattr(app.state, "hosts", None)
+    if guard is not None:
+        guard.bind(host, bound)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="reid-serve", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise ReidError(f"the server did not start on {host}:{port} (port in use?)")
-        time.sleep(0.05)
-    bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ReidError(f"the server did not start on {host}:{bound}")
+            time.sleep(0.05)
+        yield page_url(host, bound).rstrip("/")
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,36 +823,53 @@ def register(app: typer.Typer) -> None:
         archive_uri: list[str] = typer.Option(None, "--archive", help="archive(s) for thumbnails "
                                               "(default: the ones the index's embeddings came from)"),
         host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
-        port: int = typer.Option(8000, help="port to listen on"),
+        port: int = typer.Option(8000, help="port to listen on (0: any free port, printed)"),
+        allowed_host: list[str] = typer.Option(None, "--allowed-host", help="another name the page is "
+                                               "opened by (NAME or NAME:PORT; repeat for more)"),
         k: int = typer.Option(5, help="candidate individuals shown per query"),
         threshold: float = typer.Option(None, help="override the index's calibrated new-individual threshold"),
         max_upload_mb: float = typer.Option(10.0, help="largest upload accepted, in MB"),
-        max_megapixels: float = typer.Option(40.0, help="largest upload accepted, in megapixels"),
+        max_megapixels: float = typer.Option(25.0, help="largest upload accepted, in megapixels"),
+        decode_slots: int = typer.Option(2, help="uploads decoded at once, at most"),
+        decode_megapixels: float = typer.Option(50.0, help="megapixels being decoded at once, at most"),
+        decode_wait: float = typer.Option(5.0, help="seconds an upload waits for a decode slot (then 503)"),
         examples: int = typer.Option(6, help="example photos picked from the archive"),
     ):  # fmt: skip
         """Serve the interactive review page: drop a photo, see its candidate individuals."""
         import uvicorn
 
+        numbers = {"--threshold": threshold, "--max-upload-mb": max_upload_mb, "--max-megapixels": max_megapixels,
+                   "--decode-megapixels": decode_megapixels, "--decode-wait": decode_wait}  # fmt: skip
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{name} {value}: not a finite number; pass a number such as the default")
         try:
             options = dict(host=host, port=port, k=k, threshold=threshold, examples=examples,
-                           max_upload_bytes=int(max_upload_mb * MB), max_pixels=int(max_megapixels * 1e6))  # fmt: skip
+                           allowed_hosts=list(allowed_host or []),
+                           max_upload_bytes=int(max_upload_mb * MB), max_pixels=int(max_megapixels * 1e6),
+                           decode_slots=decode_slots, decode_pixels=int(decode_megapixels * 1e6),
+                           decode_wait_s=decode_wait)  # fmt: skip
             ServeConfig(index=index, model=model, **options)
         except ValidationError as e:
             why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
             raise ConfigError(f"bad serve options: {why}") from None
-        if not _is_loopback(host):
-            typer.secho(
-                f"warning: listening on {host}: anyone who can reach it can query the archive and record "
-                "decisions (there is no login)", fg=typer.colors.YELLOW, err=True,
-            )  # fmt: skip
-        options.pop("host"), options.pop("port")
-        web = create_app(index, model, archive_uri or None, **options)
-        m = web.state.matcher
-        typer.echo(
-            f"index {index} (version {m.info.version}, {m.info.ntotal} images, {len(m.n_images)} "
-            f"individuals), threshold {m.threshold}"
-        )
-        typer.echo(
-            f"Open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)"
-        )
-        uvicorn.run(web, host=host, port=port, log_level="warning")
+        sock = bind_socket(host, port)  # before loading anything: a port in use is one line, exit 2
+        try:
+            if not _is_loopback(host):
+                typer.secho(
+                    f"warning: listening on {host}: anyone who can reach it can query the archive and record "
+                    "decisions (there is no login); pass --allowed-host NAME for each name the page is "
+                    "opened by", fg=typer.colors.YELLOW, err=True,
+                )  # fmt: skip
+            web = create_app(index, model, archive_uri or None, **options)
+            bound = sock.getsockname()[1]
+            web.state.hosts.bind(host, bound)
+            m = web.state.matcher
+            typer.echo(
+                f"index {index} (version {m.info.version}, {m.info.ntotal} images, {len(m.n_images)} "
+                f"individuals), threshold {m.threshold}"
+            )
+            typer.echo(f"Open {page_url(host, bound)} in a browser (Ctrl-C stops)")
+            uvicorn.Server(uvicorn.Config(web, log_level="warning")).run(sockets=[sock])
+        finally:
+            sock.close()

@@ -12,6 +12,7 @@ same species apart, so the tests do not pretend it can. Instead:
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,24 @@ def new_animal_photo(seed: int = 0, size: int = 160) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=92)
     return buf.getvalue()
+
+
+def png(w: int, h: int) -> bytes:
+    """A flat-coloured PNG of ``w`` x ``h`` pixels: a few KB of file for any number of pixels."""
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (90, 120, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def files_under(root: str) -> dict[str, int]:
+    """Every file under ``root`` (path -> size); {} when it does not exist."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            out[os.path.join(d, n)] = os.path.getsize(os.path.join(d, n))
+    return out
+
+
+def review_files(index: str) -> dict[str, int]:
+    """The decisions stored next to ``index`` (``INDEX/_reviews``), path -> size."""
+    return files_under(os.path.join(index, "_reviews"))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from reid import review
 from reid.errors import ReidError
-from tests.servedata import known_photo, new_animal_photo, served  # noqa: F401 - fixture
+from tests.servedata import files_under, known_photo, new_animal_photo, png, served  # noqa: F401 - fixture
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
@@ -29,22 +29,8 @@ def client(served):  # noqa: F811
     from jobs.serve import create_app
 
     app = create_app(served["index"], served["model"], max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # a name the server answers to
         yield c
-
-
-def _png(w: int, h: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), (90, 120, 60)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _files(root: str) -> dict[str, int]:
-    out = {}
-    for d, _, names in os.walk(root):
-        for n in names:
-            out[os.path.join(d, n)] = os.path.getsize(os.path.join(d, n))
-    return out
 
 
 @pytest.mark.ray
@@ -112,9 +98,9 @@ def test_upload_limits(client):
     r = client.post("/api/query", content=chunks())
     assert r.status_code == 413 and "limit" in r.json()["error"]
     # pixels: a small file of a big image is refused before its pixels are decoded
-    r = client.post("/api/query", content=_png(2000, 1000))
+    r = client.post("/api/query", content=png(2000, 1000))
     assert r.status_code == 413 and "2000x1000" in r.json()["error"]
-    assert client.post("/api/query", content=_png(900, 900)).status_code == 200
+    assert client.post("/api/query", content=png(900, 900)).status_code == 200
 
 
 @pytest.mark.ray
@@ -176,7 +162,7 @@ def test_page_and_headers(client):
 
 @pytest.mark.ray
 def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, served):  # noqa: F811
-    before = _files(served["index"])
+    before = files_under(served["index"])
     image_id, individual, data = known_photo(served["archive"])
     a = client.post("/api/query", content=data).json()
     second = a["candidates"][1]["individual_id"]
@@ -217,7 +203,7 @@ def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, serv
     assert labels[n["sha256"]]["individual_id"] == "Blue 1"
     assert client.get("/api/reviews?limit=2").json()["reviews"][0]["individual_id"] == "Blue 1"
 
-    after = _files(served["index"])
+    after = files_under(served["index"])
     added = set(after) - set(before)
     assert added and all(os.sep + "_reviews" + os.sep in p for p in added)  # only decisions were written
     assert {p: after[p] for p in before} == before  # and nothing of the index changed
@@ -247,7 +233,18 @@ def test_cli_has_serve():
     serve.register(app)
     r = CliRunner().invoke(app, ["serve", "--help"])
     assert r.exit_code == 0
-    for opt in ("--index", "--model", "--archive", "--host", "--port", "--k", "--max-upload-mb"):
+    for opt in (
+        "--index",
+        "--model",
+        "--archive",
+        "--host",
+        "--port",
+        "--k",
+        "--max-upload-mb",
+        "--allowed-host",
+        "--max-megapixels",
+        "--decode-slots",
+    ):
         assert opt in r.output
 
 
