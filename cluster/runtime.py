@@ -1,33 +1,65 @@
-"""Connecting to Ray: an embedded local Ray by default, or an existing cluster by address."""
+"""Connecting to Ray: an embedded local Ray by default, or an existing cluster by address.
+
+Credentials never travel in a runtime_env: Ray writes runtime_envs verbatim into its logs
+(``runtime_env_agent.log``) and job tables. A local Ray started here forks from this process, so
+its workers inherit the driver's environment, keys included; cluster nodes use their own
+instance role / IRSA. Only when the user opts in (``REID_FORWARD_AWS_CREDENTIALS=1``) are keys
+sent to a cluster, inside a worker setup hook that Ray keeps in its internal store, not in a log.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import ray
 
-# Variables forwarded to Ray workers so they reach the same storage as the driver. Credentials
-# are forwarded only to a local Ray started here (same machine); clusters use instance roles.
-_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+# Storage settings (not secret) forwarded to Ray workers so they reach the same storage as the
+# driver, even when the variables were set after Ray started (notebooks, tests).
+_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Opt-in: send this process's AWS keys to a remote cluster's workers (see the module docstring).
+FORWARD_CREDENTIALS = "REID_FORWARD_AWS_CREDENTIALS"
 
 
-def storage_env(include_secrets: bool) -> dict[str, str]:
+def storage_env(include_secrets: bool = False) -> dict[str, str]:
+    """The storage variables set in this process; keys only with ``include_secrets`` (never for a
+    runtime_env: Ray logs those)."""
     names = _STORAGE_ENV + (_SECRET_ENV if include_secrets else ())
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
 _started_here = False  # True when this process started an embedded local Ray
+_started_with = ""  # fingerprint of the credentials its workers inherited
+
+
+def _credentials_fingerprint() -> str:
+    values = "\0".join(os.environ.get(k, "") for k in _SECRET_ENV)
+    return hashlib.sha256(values.encode()).hexdigest()
 
 
 def task_env() -> dict:
-    """runtime_env for tasks/actors: storage variables as they are now in the driver.
+    """runtime_env for tasks/actors: the storage settings as they are now in the driver, no keys.
 
     Ray may have been started before the variables were set (tests, notebooks), so jobs pass
-    this with each operator. Credentials only go to a Ray this process started on this machine.
+    this with each operator. Keys reach a local Ray's workers by inheritance (see :func:`connect`).
     """
-    return {"env_vars": storage_env(include_secrets=_started_here)}
+    return {"env_vars": storage_env(include_secrets=False)}
+
+
+def forward_credentials_requested() -> bool:
+    return os.environ.get(FORWARD_CREDENTIALS, "").strip().lower() in ("1", "true", "yes")
+
+
+def _credentials_hook(values: dict[str, str]):
+    """A worker setup hook that sets the given variables: Ray stores the pickled hook in its
+    internal store and logs only its name, so the values stay out of every log."""
+
+    def reid_aws_credentials() -> None:
+        os.environ.update(values)
+
+    return reid_aws_credentials
 
 
 def _submitted_job_env() -> dict:
@@ -46,20 +78,28 @@ def connect(
     """Start (or join) Ray once per process; returns the cluster's resources.
 
     ``address`` (or ``RAY_ADDRESS``) joins a running cluster; otherwise an embedded local Ray is
-    started with a fixed number of CPUs and the dashboard off unless asked for.
+    started with a fixed number of CPUs and the dashboard off unless asked for. A local Ray started
+    here whose workers inherited other credentials than the driver now has (keys set or changed
+    after it started) is restarted, since keys are never sent through a runtime_env.
     """
-    global _started_here
+    global _started_here, _started_with
     if ray.is_initialized():
-        return ray.cluster_resources()
+        if not (_started_here and _credentials_fingerprint() != _started_with):
+            return ray.cluster_resources()
+        ray.shutdown()
+        _started_here = False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    env = {"env_vars": storage_env(include_secrets=address is None)}
+    env: dict = {"env_vars": storage_env(include_secrets=False)}
     env["env_vars"].setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     for name in _submitted_job_env():  # Ray refuses a variable set by both the job and ray.init
         env["env_vars"].pop(name, None)
     if address:
+        secrets = {k: v for k, v in storage_env(include_secrets=True).items() if k in _SECRET_ENV}
+        if forward_credentials_requested() and secrets:
+            env["worker_process_setup_hook"] = _credentials_hook(secrets)
         ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
     else:
-        _started_here = True
+        _started_here, _started_with = True, _credentials_fingerprint()
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         ray.init(
             address="local",
@@ -75,8 +115,10 @@ def connect(
 
 
 def shutdown() -> None:
+    global _started_here
     if ray.is_initialized():
         ray.shutdown()
+    _started_here = False
 
 
 def resources() -> dict:

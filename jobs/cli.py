@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -49,12 +50,46 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _config_class(title: str) -> type | None:
+    """The job config class a pydantic error is about (by its name), to state allowed ranges."""
+    from pydantic import BaseModel
+
+    for name in JOB_MODULES:
+        cls = getattr(sys.modules.get(name), title, None)
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls
+    return None
+
+
+def user_message(e: BaseException, argv: list[str]) -> str:
+    """One line for a user error: a job's own words, or its options' validation error, reworded."""
+    from pydantic import ValidationError
+
+    from jobs.common import options_error
+
+    job = next((a for a in argv if not a.startswith("-")), "")
+    cause = e if isinstance(e, ValidationError) else e.__cause__
+    if isinstance(cause, ValidationError):
+        return str(options_error(job, cause, _config_class(cause.title)))
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    if isinstance(e, OSError) and not isinstance(e, ReidError):
+        text = f"{type(e).__name__}: {text or e!r} (set REID_DEBUG=1 for the traceback)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a ``reid`` command. User errors (bad options, inputs, storage settings) print one line
+    ``error: ...`` and exit 2, with no traceback; REID_DEBUG=1 shows the traceback instead."""
+    from pydantic import ValidationError
+
     _register_all()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, standalone_mode=True)
-    except ReidError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    except (ReidError, ValidationError, OSError) as e:
+        if os.environ.get("REID_DEBUG"):
+            raise
+        typer.secho(f"error: {user_message(e, args)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 
 

@@ -8,7 +8,6 @@ and ``_manifest.json`` (last). Evaluation sets fit in memory, so this job runs i
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Literal
@@ -16,12 +15,12 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import typer
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from rich.table import Table
 
-from jobs.common import console, print_summary
+from jobs.common import Input, JobConfig, Output, check_locations, console, options_error, print_summary
 from reid import evaluation, manifest, report, storage
-from reid.errors import ConfigError, ReidError
+from reid.errors import ReidError
 
 JOB = "evaluate"
 METRICS = "metrics.json"
@@ -42,11 +41,11 @@ HEADLINE = [
 ]
 
 
-class EvaluateConfig(BaseModel):
-    embeddings: str = Field(description="embeddings output of `reid embed` (path or s3://)")
-    out: str = Field(description="report folder (path or s3://)")
+class EvaluateConfig(JobConfig):
+    embeddings: Input = Field(description="embeddings output of `reid embed` (path or s3://)")
+    out: Output = Field(description="report folder (path or s3://)")
     protocol: Literal["loo", "split", "time"] = "loo"
-    split: str | None = Field(None, description="split table (Parquet or CSV): image_id + role column")
+    split: Input | None = Field(None, description="split table (Parquet or CSV): image_id + role column")
     split_column: str = "split"
     query_values: list[str] = Field(default_factory=lambda: ["test", "query"])
     gallery_values: list[str] = Field(default_factory=lambda: ["train", "gallery"])
@@ -60,7 +59,7 @@ class EvaluateConfig(BaseModel):
     target_false_new: float = Field(
         evaluation.TARGET_FALSE_NEW, gt=0, lt=1, description="calibration: share of known queries called new"
     )
-    archive: str | None = Field(None, description="archive for thumbnails (default: from the lineage)")
+    archive: Input | None = Field(None, description="archive for thumbnails (default: from the lineage)")
     report: bool = True
     map_method: Literal["auto", "umap", "tsne", "pca"] = "auto"
     top: int = Field(20, ge=1, le=60, description="individuals coloured on the 2-D map")
@@ -135,6 +134,7 @@ def queries_table(data: evaluation.EvalData, ev: evaluation.Evaluation) -> pa.Ta
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate one model's embeddings under one protocol; returns the summary (metrics included)."""
     started, t0 = manifest.now(), time.perf_counter()
+    check_locations(cfg)
     manifest.ensure_writable_output(cfg.out, JOB, force=True)
     table, emb_manifest = evaluation.read_embeddings(cfg.embeddings)
     data = evaluation.eval_data(table)
@@ -182,7 +182,7 @@ def run(cfg: EvaluateConfig) -> dict:
             "n_unlabelled": data.n_unlabelled,
         }
     )
-    storage.write_text(storage.join(cfg.out, METRICS), json.dumps(metrics_doc, indent=2))
+    storage.write_json(storage.join(cfg.out, METRICS), metrics_doc)  # NaN metrics as null
     storage.write_parquet(queries_table(data, ev), storage.join(cfg.out, QUERIES))
     paths = {}
     if cfg.report:
@@ -299,17 +299,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
             )
         except ValueError as e:
-            raise ConfigError(f"bad evaluate options: {_pydantic_message(e)}") from e
+            raise options_error(JOB, e, EvaluateConfig) from e
         summary = run(cfg)
         print_metrics(summary)
         if summary.get("report"):
             typer.echo(f"report: {summary['report']}")
-
-
-def _pydantic_message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in errors()
-        )
-    return str(e)

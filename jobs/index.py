@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import typer
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from jobs.common import print_summary
+from jobs.common import Input, JobConfig, Output, check_locations, options_error, print_summary
 from reid import index as rindex
 from reid import manifest, matching, storage
 from reid.errors import ConfigError, ReidError
@@ -32,9 +32,11 @@ JOB = "index"
 SAMPLE_CHUNK = 256  # rows per randomly chosen chunk when sampling (few row-group reads)
 
 
-class IndexConfig(BaseModel):
-    embeddings: list[str] = Field(description="embeddings outputs (one per survey/year, or several surveys)")
-    out: str = Field(description="index location: a path or s3:// URI")
+class IndexConfig(JobConfig):
+    embeddings: list[Input] = Field(
+        description="embeddings outputs (one per survey/year, or several surveys)"
+    )
+    out: Output = Field(description="index location: a path or s3:// URI")
     factory: str | None = Field(None, description="FAISS factory string (default: chosen by size)")
     shard_size: int = Field(1_000_000, ge=1, description="vectors per shard at most")
     nprobe: int | None = Field(None, ge=1, description="IVF cells probed by default (stored with the index)")
@@ -267,6 +269,7 @@ def run(cfg: IndexConfig) -> dict:
     from cluster.runtime import connect, task_env
 
     started, t0 = manifest.now(), time.perf_counter()
+    check_locations(cfg)  # before the inputs are read: a bad --out is refused at once
     m = manifest.read_manifest(cfg.out)
     if m and m.get("job") != JOB:
         raise ReidError(f"{cfg.out} holds the output of `reid {m.get('job')}`; choose another --out")
@@ -404,7 +407,7 @@ def register(app: typer.Typer) -> None:
                 num_cpus=num_cpus,
             )
         except ValueError as e:
-            raise ReidError(f"bad index options: {e}") from e
+            raise options_error(JOB, e, IndexConfig) from e
         summary = run(cfg)
         print_summary(JOB, summary)
         cal = summary.get("calibration") or {}

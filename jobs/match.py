@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from jobs.common import print_summary, progress
+from jobs.common import Input, JobConfig, Output, check_locations, options_error, print_summary, progress
 from reid import index as rindex
 from reid import manifest, matching, population, storage
 from reid.errors import ConfigError, ReidError
@@ -46,10 +46,12 @@ QUERY_COLUMNS = ["image_id", "embedding", "model_id", "individual_id", "survey",
 META_COLUMNS = ["image_id", "individual_id", "survey", "captured_at", "camera_id"]
 
 
-class MatchConfig(BaseModel):
-    index: str = Field(description="index path or s3:// URI (the version in service is used)")
-    out: str = Field(description="matches output path or s3:// URI")
-    query: str | None = Field(None, description="embeddings to match against the index (default: all-vs-all)")
+class MatchConfig(JobConfig):
+    index: Input = Field(description="index path or s3:// URI (the version in service is used)")
+    out: Output = Field(description="matches output path or s3:// URI")
+    query: Input | None = Field(
+        None, description="embeddings to match against the index (default: all-vs-all)"
+    )
     k: int = Field(10, ge=1, le=1000)
     exclude_self: bool = True
     exclude_same_camera_day: bool = False
@@ -359,6 +361,7 @@ def run(cfg: MatchConfig) -> dict:
     from cluster.runtime import connect
 
     started, t0 = manifest.now(), time.perf_counter()
+    check_locations(cfg)
     info = rindex.open_index(cfg.index)
     if cfg.query is None:
         ranges = [r for s in info.shards for r in s.ranges]
@@ -497,7 +500,7 @@ def register(app: typer.Typer) -> None:
                 num_cpus=num_cpus,
             )
         except ValueError as e:
-            raise ReidError(f"bad match options: {e}") from e
+            raise options_error(JOB, e, MatchConfig) from e
         summary = run(cfg)
         print_summary(JOB, summary)
         for row in summary.get("surveys", []):

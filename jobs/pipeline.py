@@ -25,7 +25,7 @@ import typer
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from jobs.common import console, print_summary
+from jobs.common import Input, JobConfig, console, options_error, print_summary
 from jobs.submit import job_module, one_line, output_fields
 from reid import manifest, storage
 from reid.errors import ConfigError, ReidError
@@ -55,8 +55,8 @@ EXECUTION_FIELDS = {
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)(?:\.([A-Za-z_]\w*))?\}")
 
 
-class PipelineConfig(BaseModel):
-    file: str = Field(description="pipeline file (TOML or YAML): a path or s3:// URI")
+class PipelineConfig(JobConfig):
+    file: Input = Field(description="pipeline file (TOML or YAML): a path or s3:// URI")
     set: list[str] = Field(default_factory=list, description="overrides: VAR=VALUE or STEP.FIELD=VALUE")
     force: list[str] = Field(default_factory=list, description="steps to run even when current")
     plan: bool = Field(False, description="say what would run and why; run nothing")
@@ -208,7 +208,8 @@ def load(cfg: PipelineConfig) -> list[Step]:
         try:
             step.config = cls(**values)
         except ValidationError as e:
-            raise ConfigError(f"{cfg.file}: step [{step.name}] ({step.job}): {one_line(str(e))}") from None
+            why = str(options_error(step.job, e, cls)).removeprefix(f"reid {step.job}: ")
+            raise ConfigError(f"{cfg.file}: step [{step.name}] ({step.job}): {why}") from None
     return order
 
 
@@ -375,7 +376,7 @@ def register(app: typer.Typer) -> None:
                 file=file, set=set_ or [], force=force or [], plan=plan, address=address, num_cpus=num_cpus
             )
         except ValueError as e:
-            raise ReidError(f"bad pipeline options: {e}") from e
+            raise options_error(JOB, e, PipelineConfig) from e
         print_summary(JOB, run(cfg))
 
     app.command("pipeline")(pipeline_cmd)

@@ -6,19 +6,19 @@ import time
 from typing import Literal
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from jobs.common import print_summary
+from jobs.common import Input, JobConfig, OutputFile, check_locations, options_error, print_summary
 from reid import archive, manifest, split, storage
 from reid.errors import ConfigError, ReidError
 
 JOB = "split"
 
 
-class SplitConfig(BaseModel):
-    archive: str = Field(description="archive location: a path or s3://bucket/prefix")
-    out: str = Field(description="split table to write: a .parquet path or s3:// key")
-    kind: Literal["identity", "open", "closed", "time"] = "identity"
+class SplitConfig(JobConfig):
+    archive: Input = Field(description="archive location: a path or s3://bucket/prefix")
+    out: OutputFile = Field(description="split table to write: a .parquet path or s3:// key")
+    kind: Literal["identity", "open", "closed", "closed-photo", "time"] = "identity"
     test_fraction: float = Field(0.2, gt=0, lt=1, description="approximate share of labeled images in test")
     unknown_fraction: float = Field(
         0.5, gt=0, lt=1, description="open split: share of test images unseen in train"
@@ -35,6 +35,7 @@ def run(cfg: SplitConfig) -> dict:
         raise ConfigError("a time split needs --cutoff, the first survey that goes to test (e.g. 2023)")
     if storage.is_dir(cfg.out):
         raise ReidError(f"{cfg.out} is a folder; --out names the split's Parquet file, e.g. split.parquet")
+    check_locations(cfg)
     manifest.require_manifest(cfg.archive)
     table = archive.read_archive(cfg.archive, columns=split.INPUT_COLUMNS)
     result = split.make_split(
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
     def split_cmd(
         archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive: path or s3://bucket/prefix"),
         out: str = typer.Option(..., "--out", help="split table to write (Parquet), e.g. split.parquet"),
-        kind: str = typer.Option("identity", help="identity | open | closed | time"),
+        kind: str = typer.Option("identity", help="identity | open | closed | closed-photo (by photo, as published baselines) | time"),
         test_fraction: float = typer.Option(0.2, help="approximate share of labeled images in test"),
         unknown_fraction: float = typer.Option(
             0.5, help="open split: share of test images from unseen individuals"
@@ -85,14 +86,5 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
             )
         except ValueError as e:
-            raise ConfigError(f"bad split options: {_message(e)}") from e
+            raise options_error(JOB, e, SplitConfig) from e
         print_summary(JOB, run(cfg))
-
-
-def _message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(
-            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in errors()
-        )
-    return str(e)

@@ -18,6 +18,7 @@ import typer
 from pydantic import BaseModel
 
 from cluster import submit as jobs_api
+from jobs.common import location_fields, paths_as_given
 from reid import storage
 from reid.errors import ReidError
 from reid.manifest import read_manifest, scrub
@@ -90,7 +91,8 @@ def parse_job_args(job: str, args: list[str]) -> tuple[object, BaseModel]:
 
     module.run = capture
     try:
-        typer.main.get_command(app).main(args=[job, *args], prog_name="reid", standalone_mode=False)
+        with paths_as_given():  # a relative path means nothing on the cluster: refused below, by name
+            typer.main.get_command(app).main(args=[job, *args], prog_name="reid", standalone_mode=False)
     except _Captured as c:
         if not isinstance(c.config, BaseModel):
             raise ReidError(f"reid {job}: run() got a {type(c.config).__name__}, not a config") from None
@@ -143,8 +145,13 @@ def locations(module, config: BaseModel) -> tuple[list[tuple[str, str]], list[tu
     fields named like ``out`` and inputs are the other fields holding locations.
     """
     values = config.model_dump()
-    outputs = output_fields(module, values)
-    inputs = getattr(module, "INPUTS", None) or [k for k in values if k not in outputs]
+    marked = location_fields(type(config))  # the config's own Input/Output fields, when it has them
+    outputs = [k for k, loc in marked.items() if loc.role == "output"] or output_fields(module, values)
+    inputs = (
+        [k for k, loc in marked.items() if loc.role == "input"]
+        or getattr(module, "INPUTS", None)
+        or [k for k in values if k not in outputs]
+    )
     pairs = lambda names: [(k, v) for k in names for v in _as_list(values.get(k)) if is_location(v)]  # noqa: E731
     return pairs(inputs), pairs(outputs)
 

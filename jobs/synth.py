@@ -6,17 +6,17 @@ import time
 from dataclasses import asdict
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from jobs.common import print_summary, progress
+from jobs.common import JobConfig, Output, check_locations, options_error, print_summary, progress
 from reid import archive, manifest, storage, synth
 from reid.errors import ConfigError, ReidError
 
 JOB = "synth"
 
 
-class SynthJobConfig(BaseModel):
-    out: str = Field(description="archive location: a path or s3://bucket/prefix")
+class SynthJobConfig(JobConfig):
+    out: Output = Field(description="archive location: a path or s3://bucket/prefix")
     individuals: int = Field(50, ge=1, description="initial population")
     years: int = Field(3, ge=1, le=100, description="yearly surveys, from first_year on")
     images_per_individual: float = Field(8.0, ge=1, description="mean images per seen individual per survey")
@@ -55,6 +55,7 @@ def run(cfg: SynthJobConfig) -> dict:
     """Generate the survey; images already in OUT are not rendered again (idempotent re-runs)."""
     started = manifest.now()
     t0 = time.perf_counter()
+    check_locations(cfg)
     gen = cfg.generator()
     _check_same_survey(cfg, gen)
     survey_plan = synth.plan(gen)
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
                 first_year=first_year,
             )
         except ValueError as e:
-            raise ConfigError(f"bad synth options: {_pydantic_message(e)}") from e
+            raise options_error(JOB, e, SynthJobConfig) from e
         summary = run(cfg)
         print_summary(JOB, summary)
         table = "  ".join(
@@ -143,13 +144,6 @@ def register(app: typer.Typer) -> None:
         )
         typer.echo(table)
         typer.echo(f"ground truth: {storage.join(out, synth.TRUTH)}")
-
-
-def _pydantic_message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors())
-    return str(e)
 
 
 __all__ = ["JOB", "ReidError", "SynthJobConfig", "register", "run"]

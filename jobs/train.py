@@ -32,9 +32,19 @@ from typing import Any, Literal
 
 import numpy as np
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from jobs.common import print_summary, progress
+from jobs.common import (
+    Input,
+    InputOrName,
+    JobConfig,
+    LocalPath,
+    Output,
+    check_locations,
+    options_error,
+    print_summary,
+    progress,
+)
 from reid import archive, manifest, storage, traindata
 from reid.allocator import keep_freed_memory, process_env
 from reid.errors import ConfigError
@@ -52,16 +62,18 @@ RUNTIME_KEYS = {
 }  # fmt: skip
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(JobConfig):
     """Everything a training run depends on; validated before any worker starts."""
 
     model_config = ConfigDict(extra="forbid")
 
-    archive: str = Field(description="archive location: a path or s3://bucket/prefix")
-    out: str = Field(description="model directory: a path or s3://bucket/prefix")
+    archive: Input = Field(description="archive location: a path or s3://bucket/prefix")
+    out: Output = Field(description="model directory: a path or s3://bucket/prefix")
     # model
     backbone: str = Field("resnet18", description="any timm model name, or hf-hub:org/name")
-    pretrained: str | None = Field(None, description="'timm' (published weights), a weights file, or none")
+    pretrained: InputOrName | None = Field(
+        None, description="'timm' (published weights), a weights file, or none"
+    )
     embedding_dim: int = Field(512, ge=1, le=8192)
     input_size: int = Field(224, ge=16, le=4096)
     pooling: Literal["gem", "avg", "head"] = "gem"
@@ -93,9 +105,11 @@ class TrainConfig(BaseModel):
     )
     augment: float = Field(1.0, ge=0, le=3, description="augmentation strength (0 = none)")
     # validation
-    split: str | None = Field(None, description="a `reid split` table: train rows train, test rows validate")
+    split: Input | None = Field(
+        None, description="a `reid split` table: train rows train, test rows validate"
+    )
     val_fraction: float = Field(0.2, ge=0, lt=1, description="automatic identity-disjoint hold-out")
-    val_archive: str | None = Field(None, description="validate on this archive's individuals instead")
+    val_archive: Input | None = Field(None, description="validate on this archive's individuals instead")
     val_exclude: Literal["none", "burst", "day"] = Field("burst", description="near-duplicates to ignore")
     val_same_viewpoint: bool = Field(
         True, description="validation compares like flanks only (unknown viewpoints are compared with all)"
@@ -115,7 +129,7 @@ class TrainConfig(BaseModel):
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from a checkpoint")
     data_workers: int = Field(0, ge=0, description="DataLoader processes per worker")
     torch_threads: int | None = Field(None, ge=1, description="default: the worker's CPUs")
-    cache_dir: str | None = Field(
+    cache_dir: LocalPath | None = Field(
         None, description="local cache folder; default MODEL_DIR/_cache or ~/.cache"
     )
     address: str | None = Field(None, description="Ray cluster address; default: a local Ray")
@@ -179,14 +193,7 @@ def make_config(file: str | None = None, **overrides: Any) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValueError as e:
-        raise ConfigError(f"bad train config: {_pydantic_message(e)}") from e
-
-
-def _pydantic_message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in errors())
-    return str(e)
+        raise options_error(JOB, e, TrainConfig) from e
 
 
 # ------------------------------------------------------------------------------------ data plan
@@ -258,6 +265,7 @@ def check(cfg: TrainConfig) -> DataPlan:
     losses.validate(cfg.loss, cfg.miner, cfg.distance, cfg.loss_params, cfg.miner_params)
     if cfg.gpus_per_worker and cfg.gpus_per_worker > 1 and cfg.gpus_per_worker != int(cfg.gpus_per_worker):
         raise ConfigError(f"gpus_per_worker {cfg.gpus_per_worker}: use a fraction below 1 or a whole number")
+    check_locations(cfg)
     manifest.ensure_writable_output(cfg.out, JOB, force=True)
     if storage.is_dir(cfg.out) and not storage.exists(storage.join(cfg.out, CONFIG_FILE)):
         foreign = [f for f in storage.list_files(cfg.out) if not f.endswith((".json", ".csv"))]
@@ -631,7 +639,7 @@ def _near_duplicates(meta, image_ids: list[str], cfg: TrainConfig):
 
 # ------------------------------------------------------------------------------- worker (Ray)
 def _write_history(out: str, history: list[dict], tb_dir: str | None, tb_upload: str | None) -> None:
-    storage.write_text(storage.join(out, HISTORY), json.dumps(history, indent=2, default=float))
+    storage.write_json(storage.join(out, HISTORY), history)  # strict JSON: a NaN loss is written as null
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
@@ -853,11 +861,12 @@ def run(cfg: TrainConfig) -> dict:
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
-            # Workers reach the same storage as the driver (credentials only to a Ray started here);
+            # Workers reach the same storage as the driver: endpoint and region here, never keys (a
+            # local Ray's workers inherit them; cluster nodes use their role, see cluster/runtime.py);
             # on CPU, activations stay in the heap between steps (reid/allocator.py: the training
             # loop runs on a worker thread, so the settings must be in place at process start).
             worker_runtime_env={
-                "env_vars": {**storage_env(include_secrets=local_ray), **({} if gpu else process_env())}
+                "env_vars": {**storage_env(include_secrets=False), **({} if gpu else process_env())}
             },
         ),
     )

@@ -103,16 +103,19 @@ def write_manifest(
         "ended_at": now(),
         **scrub(extra),
     }
-    storage.write_text(storage.join(uri, MANIFEST), json.dumps(m, indent=2, default=str))
+    storage.write_json(storage.join(uri, MANIFEST), m)  # strict JSON: a NaN figure is written as null
     return m
 
 
 def ensure_writable_output(uri: str, job: str, force: bool = False) -> dict | None:
     """Check an output location before work starts; returns an existing manifest (committed output).
 
-    A different job's output is never overwritten.
+    Refuses a location that cannot be written (an existing file, a missing bucket, ...) in one line,
+    never overwrites a different job's output, and sweeps the temporary files a killed run left.
     """
+    storage.check_output(uri)
     m = read_manifest(uri)
     if m and m.get("job") != job:
         raise ReidError(f"{uri} holds the output of `reid {m.get('job')}`; choose another --out")
+    storage.sweep_temp(uri)
     return None if force else m

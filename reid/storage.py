@@ -7,9 +7,13 @@ S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import posixpath
+import re
+import socket
 import uuid
 from functools import lru_cache
 
@@ -47,6 +51,40 @@ def _s3_filesystem(endpoint, region, key, secret, token) -> pafs.S3FileSystem:
     if key and secret:
         kwargs.update(access_key=key, secret_key=secret, session_token=token)
     return pafs.S3FileSystem(**kwargs)
+
+
+# A name with a scheme that is not a location: timm:resnet18, hf-hub:org/model (but not C:\\ on Windows).
+_NAME_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:(?!//)")
+
+
+def is_name(value: str) -> bool:
+    """A value with a scheme that names a thing rather than a place (``timm:resnet18``)."""
+    return bool(_NAME_SCHEME.match(str(value)))
+
+
+def absolute(uri: str) -> str:
+    """A location as the driver sees it, valid in any process: local paths made absolute.
+
+    Ray workers run in other working directories (Ray Train's trial folder), so every job resolves
+    its paths here, at config validation, before anything reaches Ray. ``s3://`` URIs, other
+    schemes and names such as ``timm:resnet18`` are returned unchanged.
+    """
+    uri = str(uri)
+    if is_s3(uri) or ("://" in uri and not uri.startswith("file://")) or _NAME_SCHEME.match(uri):
+        return uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path)) if path else uri
+
+
+def absolute_if_path(value: str) -> str:
+    """:func:`absolute` for a value that may be a location or a plain name ('timm', 'none').
+
+    A value is a location when it looks like one (a separator, ``.``/``~`` prefix, a URI) or names
+    something that exists in the working directory.
+    """
+    value = str(value)
+    looks = "/" in value or os.sep in value or value.startswith((".", "~", "file://"))
+    return absolute(value) if looks or os.path.exists(value) else value
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -96,6 +134,56 @@ def read_bytes(uri: str) -> bytes:
         raise ReidError(f"{uri}: not found") from e
 
 
+_TMP_PREFIX = ".tmp-"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# .tmp-<host>-<pid>-<uuid>-<name>: the writer, so a later run can tell a dead writer's file from a live one
+_TMP_NAME = re.compile(r"^\.tmp-(?:([0-9a-f]{8})-(\d+)-)?[0-9a-f]{32}-")
+_FOREIGN_TMP_AGE_S = 24 * 3600  # another host's temp file: swept once this old
+
+
+def _writer_alive(host: str | None, pid: str | None, mtime: float) -> bool:
+    import time
+
+    if host is None or pid is None:  # the old naming, without its writer: a leftover
+        return False
+    if host != _HOST:
+        return time.time() - mtime < _FOREIGN_TMP_AGE_S
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temp(uri: str) -> list[str]:
+    """Remove the temporary files that killed writers left under a local output; returns their paths.
+
+    :func:`write_bytes` names each temporary file after its writer (host, pid), so files of a
+    writer still running are kept. S3 outputs have none (objects are written in one PUT).
+    """
+    if is_s3(uri):
+        return []
+    root = absolute(uri)
+    if not os.path.isdir(root):
+        return []
+    removed = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            m = _TMP_NAME.match(name)
+            full = os.path.join(folder, name)
+            if not m:
+                continue
+            try:
+                if not _writer_alive(m.group(1), m.group(2), os.lstat(full).st_mtime):
+                    os.unlink(full)
+                    removed.append(full)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically: readers see the old file or the new one, never a partial one.
 
@@ -109,7 +197,9 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
         return
     fs.create_dir(parent, recursive=True)
-    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    tmp = os.path.join(
+        parent, f"{_TMP_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(path)}"
+    )
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -119,6 +209,31 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def dumps_json(value, indent: int | None = 2) -> str:
+    """JSON any standard parser reads: non-finite numbers become null (never ``NaN``/``Infinity``).
+
+    Numpy scalars become Python numbers; other objects (paths, times) their ``str``.
+    """
+
+    def default(o):
+        item = getattr(o, "item", None)  # numpy scalars
+        if callable(item):
+            try:
+                return item()
+            except (TypeError, ValueError):
+                pass
+        return str(o)
+
+    # round-trip once so numpy scalars (default=) are also cleaned of NaN
+    once = json.loads(json.dumps(value, default=default, allow_nan=True))
+    return json.dumps(finite_json(once), indent=indent, allow_nan=False)
+
+
+def write_json(uri: str, value, indent: int | None = 2) -> None:
+    """Write ``value`` as strict JSON (see :func:`dumps_json`), atomically."""
+    write_text(uri, dumps_json(value, indent=indent))
 
 
 def read_text(uri: str) -> str:
@@ -165,3 +280,124 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, filesystem=fs, columns=columns)
     except FileNotFoundError as e:
         raise ReidError(f"{uri}: not found") from e
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-flight checks: one clear line before any work, instead of an OSError minutes later
+
+PREFLIGHT_TIMEOUT_S = float(os.environ.get("REID_S3_PREFLIGHT_TIMEOUT", "3"))
+
+
+def _bucket(uri: str) -> str:
+    return str(uri)[len("s3://") :].split("/", 1)[0]
+
+
+@lru_cache(maxsize=32)
+def _check_bucket(bucket: str, options: tuple, timeout_s: float) -> str | None:
+    """None when ``bucket`` answers with the current settings, else what is wrong and the fix."""
+    import boto3
+    import botocore.exceptions as bex
+    from botocore.config import Config
+
+    endpoint, region, key, secret, token = options
+    session = boto3.session.Session(
+        aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token, region_name=region
+    )
+    client = session.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        config=Config(
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": 1, "mode": "standard"},
+        ),
+    )
+    where = endpoint or "AWS S3"
+    try:
+        client.head_bucket(Bucket=bucket)
+    except bex.NoCredentialsError:
+        return (
+            "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+            "or run where an instance role applies"
+        )
+    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
+        return f"the S3 endpoint {where} did not answer ({type(e).__name__}); check AWS_ENDPOINT_URL and the network"
+    except bex.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            return f"bucket {bucket!r} does not exist at {where}; create it (aws s3 mb s3://{bucket}) or fix the URI"
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return (
+                f"access to bucket {bucket!r} denied ({code}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role) and the bucket's policy"
+            )
+        return f"S3 refused the bucket check ({code or e}); check the URI and the credentials"
+    except (bex.BotoCoreError, OSError, ValueError) as e:
+        return (
+            f"cannot check the bucket ({type(e).__name__}: {e}); check AWS_ENDPOINT_URL and the credentials"
+        )
+    return None
+
+
+def check_s3(uri: str, what: str = "input") -> None:
+    """Refuse an ``s3://`` location that cannot work: no bucket, no credentials, an endpoint that
+    does not answer, a bucket that does not exist. Short timeouts, one attempt, cached per bucket."""
+    uri = str(uri)
+    bucket = _bucket(uri)
+    if not bucket:
+        raise ReidError(f"{what} {uri!r}: an S3 URI needs a bucket, e.g. s3://my-bucket/archive")
+    problem = _check_bucket(bucket, _s3_options(), PREFLIGHT_TIMEOUT_S)
+    if problem:
+        raise ReidError(f"{what} {uri}: {problem}")
+
+
+def check_output(uri: str, what: str = "--out", kind: str = "folder") -> None:
+    """Refuse an output location that cannot be written, before any work.
+
+    ``kind`` is ``folder`` (most outputs) or ``file`` (a single table, e.g. a split). Locally: an
+    existing file where a folder is wanted (or the reverse), a file among the parents, a parent
+    that cannot be written; on S3, :func:`check_s3`.
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        check_s3(uri, what)
+        return
+    if "://" in uri and not uri.startswith("file://"):
+        raise ReidError(f"{what} {uri!r}: unsupported URI scheme; use a local path, file:// or s3://")
+    path = absolute(uri)
+    if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
+        raise ReidError(
+            f"{what} {uri}: is an existing file; {what} names a folder: give a new path or a folder "
+            "this job wrote"
+        )
+    if kind == "file" and os.path.isdir(path):
+        raise ReidError(
+            f"{what} {uri}: is a folder; {what} names a file here, e.g. {uri.rstrip('/')}.parquet"
+        )
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ReidError(f"{what} {uri}: {parent} is a file, so nothing can be written under it; fix the path")
+    target = path if os.path.isdir(path) else parent
+    if target and not os.access(target, os.W_OK | os.X_OK):
+        raise ReidError(f"{what} {uri}: {target} is not writable by this user; choose another location")
+
+
+def check_input(uri: str, what: str = "input") -> None:
+    """Refuse an input location that cannot be read: S3 pre-flight (see :func:`check_s3`)."""
+    if is_s3(uri):
+        check_s3(uri, what)
+
+
+def finite_json(value):
+    """``value`` with every NaN/inf float replaced by None (JSON null), recursively."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

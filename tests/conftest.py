@@ -78,8 +78,12 @@ def lions_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray per test module, with fixed CPUs (2-CPU machines hang otherwise)."""
+def ray_local(s3_server):
+    """One embedded Ray per test module, with fixed CPUs (2-CPU machines hang otherwise).
+
+    Started after the S3 variables are set: a local Ray's workers inherit the driver's environment
+    (keys included), since no key is ever passed through a runtime_env (Ray logs those).
+    """
     from cluster.runtime import connect, shutdown
 
     connect(num_cpus=2)
