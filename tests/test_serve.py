@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 
 import pyarrow.compute as pc
 import pytest
@@ -285,3 +287,119 @@ def test_review_log_and_confirmed_labels(tmp_path):
 def test_review_refuses_bad_records(tmp_path, args, words):
     with pytest.raises(ReidError, match=words):
         review.record(str(tmp_path), *args)
+
+
+# --------------------------------------------------------------------------------------------
+# Host/Origin guard, decode gate and options on their own (no server; the real one is exercised
+# in tests/test_integrity_serve.py)
+
+
+def test_host_guard_answers_only_to_served_names():
+    from jobs.serve import HostGuard
+
+    g = HostGuard("10.0.0.5", ["reviews.example.org", "lab:9000"])
+    assert g.check_host("testserver") is not None
+    g.bind("10.0.0.5", 8123)
+    ok = [
+        "127.0.0.1:8123",
+        "LOCALHOST:8123",
+        "[::1]:8123",
+        "10.0.0.5:8123",
+        "reviews.example.org",
+        "lab:9000",
+    ]
+    bad = [
+        "127.0.0.1:8124",
+        "evil.com:8123",
+        "lab:9001",
+        "",
+        "127.0.0.1:abc",
+        "[::1",
+        "a@127.0.0.1:8123",
+        None,
+    ]
+    assert [h for h in ok if g.check_host(h) is not None] == []
+    assert [h for h in bad if g.check_host(h) is None] == []
+    assert "--allowed-host" in g.check_host("evil.com:8123")
+
+
+@pytest.mark.parametrize(
+    ("origin", "fetch_site", "allowed"),
+    [
+        ("http://127.0.0.1:8123", "same-origin", True),
+        ("http://localhost:8123", None, True),
+        (None, None, True),  # curl, scripts: no browser, no ambient credentials to abuse
+        ("http://evil.example", "cross-site", False),
+        ("http://evil.example", None, False),
+        (None, "cross-site", False),
+        ("null", None, False),
+        ("http://127.0.0.1:8124", "same-site", False),
+        ("http://127.0.0.1:8123", "same-site", False),
+        ("file://", None, False),
+    ],
+)
+def test_host_guard_refuses_cross_site_state_changes(origin, fetch_site, allowed):
+    from jobs.serve import HostGuard
+
+    why = HostGuard("127.0.0.1", port=8123).check_origin(origin, fetch_site)
+    assert (why is None) == allowed, why
+
+
+def test_decode_gate_bounds_slots_and_pixels_first_come_first_served():
+    from jobs.serve import Busy, DecodeGate
+
+    gate = DecodeGate(slots=2, pixels=100, wait_s=0.2)
+    with gate.hold(60), gate.hold(30):
+        with pytest.raises(Busy, match="at most 2 at once"):  # no slot left
+            with gate.hold(1):
+                pass
+    with gate.hold(60):
+        with pytest.raises(Busy, match="try again"):  # a slot, but not the pixels
+            with gate.hold(50):
+                pass
+        order: list[str] = []
+
+        def later(name: str, pixels: int) -> None:
+            with gate.hold(pixels, wait_s=10):
+                order.append(name)
+
+        big = threading.Thread(target=later, args=("big", 80))
+        big.start()
+        time.sleep(0.1)
+        small = threading.Thread(target=later, args=("small", 10))  # would fit now, but queues behind
+        small.start()
+        time.sleep(0.1)
+        assert order == []
+    big.join(5), small.join(5)
+    assert order == ["big", "small"]
+    with gate.hold(10**9) as weight:  # larger than the budget: runs alone
+        assert weight == 100
+    s = gate.stats()
+    assert s["in_flight"] == 0 and s["peak"] == 2 and s["peak_pixels"] == 100 and s["refused"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--max-megapixels", "nan"], "--max-megapixels nan: not a finite number"),
+        (["--threshold", "inf"], "--threshold inf: not a finite number"),
+        (["--allowed-host", "evil/path"], "allowed_hosts: Value error, 'evil/path' is not a host name"),
+        (["--allowed-host", "lab:99999"], "the port must be a number from 1 to 65535"),
+        (["--max-megapixels", "500"], "max_pixels"),
+        (["--decode-slots", "0"], "decode_slots"),
+        (["--port", "70000"], "port"),
+    ],
+)
+def test_bad_serve_options_are_one_line_errors(args, words, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from jobs import serve
+    from reid.errors import ConfigError
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    serve.register(app)
+    r = CliRunner().invoke(app, ["serve", "--index", str(tmp_path), "--model", str(tmp_path), *args])
+    assert isinstance(r.exception, ConfigError), r.output
+    assert words in str(r.exception) and "\n" not in str(r.exception)
