@@ -743,13 +743,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
     (not "Open ..." followed by uvicorn's exit 3), and ``--port 0`` can print the real port.
     """
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
         raise ConfigError(
             f"--host {host}: not an address of this machine ({e}); pass --host 127.0.0.1"
         ) from None
+    # a name such as localhost: IPv4 first, as uvicorn binds it
+    family, kind, proto, _, addr = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
