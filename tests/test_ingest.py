@@ -50,6 +50,8 @@ def test_rerun_does_not_duplicate_and_adds_new_files(tmp_path):
     run(IngestConfig(src=str(src), out=out))
     again = run(IngestConfig(src=str(src), out=out))
     assert again["written"] == 0 and again["archive_rows"] == 3
+    assert again["duplicates_of_existing"] == 3 and again["changed"] == 0
+    assert again["candidates"] == again["written"] + again["rejected"] + again["duplicates_of_existing"]
     (src / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(seed=9)))
     third = run(IngestConfig(src=str(src), out=out))
     assert third["written"] == 1 and archive.read_archive(out).num_rows == 4
