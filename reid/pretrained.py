@@ -46,7 +46,7 @@ class WeightSource:
 
     def variant(self, backbone: str) -> str:
         m = re.fullmatch(self.pattern, backbone)
-        if not m:
+        if not m or m.group(1) not in self.input_sizes:
             names = ", ".join(self.pattern.replace("(\\d)", v) for v in self.input_sizes)
             raise ConfigError(
                 f"pretrained {self.name!r} has weights for {names}, not {backbone!r}; "

@@ -132,6 +132,28 @@ def test_closed_split_tests_only_known_individuals(survey):
     assert all(r["known"] for r in result.to_pylist() if r["split"] == "test")
 
 
+def test_closed_photo_split_puts_every_individual_on_both_sides(survey):
+    """The published by-photo protocol: ~20% of each individual's photos (>= 1, never all) in test."""
+    table = survey[0]
+    result = split.make_split(table, "closed-photo", test_fraction=0.2, seed=3)
+    per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in result.to_pylist():
+        if r["individual_id"] is not None:
+            per[r["individual_id"]][r["split"]] += 1
+    for ind, n in per.items():
+        total = n["train"] + n["test"]
+        if total >= 2:
+            assert n["train"] >= 1 and n["test"] >= 1, ind
+            assert n["test"] == min(total - 1, max(1, round(0.2 * total))), ind
+        else:
+            assert n["test"] == 0, ind
+    assert all(r["known"] for r in result.to_pylist() if r["split"] == "test")
+    assert (
+        result.column("split").to_pylist()
+        == split.make_split(table, "closed-photo", seed=3).column("split").to_pylist()
+    )
+
+
 def test_open_split_mixes_known_and_unknown_individuals(survey):
     result = split.make_split(survey[0], "open", unknown_fraction=0.5, seed=3)
     test = [r for r in result.to_pylist() if r["split"] == "test"]

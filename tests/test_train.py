@@ -214,3 +214,26 @@ def test_train_to_s3(s3_bucket, small_archive, ray_local):
     assert load_package(out)[1].backbone == "resnet10t"
     for name in ("history.json", "_manifest.json", "_ray/train/epoch-0001/state.pt"):
         assert storage.exists(storage.join(out, name)), name
+
+
+def test_frozen_backbone_first_then_fine_tuned(tmp_path, small_archive):
+    """freeze_epochs: the backbone keeps its (pretrained) weights while the head learns, then trains."""
+    import torch
+
+    from jobs.train import Session, make_config
+
+    cfg = make_config(
+        None, **{**FAST, "workers": 1, "steps_per_epoch": 3, "epochs": 3, "freeze_epochs": 1, "loss": "arcface"},
+        archive=small_archive, out=str(tmp_path / "m"),
+    )  # fmt: skip
+    s = Session(cfg)
+
+    def snapshot(module):
+        return [p.detach().clone() for p in module.parameters()]
+
+    backbone, head = snapshot(s.model.backbone), snapshot(s.model.neck)
+    s.train_epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(backbone, s.model.backbone.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(head, s.model.neck.parameters()))
+    s.train_epoch(2)
+    assert not all(torch.equal(a, b) for a, b in zip(backbone, s.model.backbone.parameters()))
