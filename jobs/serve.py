@@ -7,7 +7,9 @@ or the photo "new"; decisions go to ``INDEX/_reviews/`` (:mod:`reid.review`) for
 
 One process: FastAPI + uvicorn, the model and every index shard loaded once. That is all one
 reviewer (or a few) needs for interactive latency; Ray Serve would add a cluster for nothing
-here, and stays a later step should many users share one deployment.
+here, and stays a later step should many users share one deployment. This module is the web
+layer (config, Host/Origin checks, routes, socket, CLI); the matcher, the archive lookup, the
+upload checks and the decode budget are domain code in :mod:`reid.serving`.
 
 Safety: uploads are read into memory (never written to disk), capped in bytes before and while
 reading and in pixels before decoding, and refused with a message when they are not images.
@@ -23,7 +25,6 @@ import collections
 import contextlib
 import errno
 import hashlib
-import io
 import ipaddress
 import math
 import socket
@@ -35,17 +36,16 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from reid import archive, imageio, manifest, matching, review, storage
-from reid import index as rindex
+from reid import imageio, review
 from reid.errors import ConfigError, ReidError
+from reid.serving.matcher import Matcher, RecentQueries
+from reid.serving.uploads import Busy, DecodeGate, UploadError, check_upload
 
 JOB = "serve"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -54,9 +54,7 @@ PAGES = {  # URL path -> (file in jobs/static, media type): the only files the p
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
 }
-UPLOAD_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}
 MB = 1024 * 1024
-MAX_DEPTH = 4096  # neighbours searched at most to find k distinct individuals
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
@@ -198,332 +196,6 @@ class HostGuard:
 
 
 # --------------------------------------------------------------------------------------------
-# A bounded, pixel-weighted budget for decoding uploads
-
-
-class Busy(Exception):
-    """Every decode slot stayed taken for longer than the wait allows (an HTTP 503)."""
-
-
-class DecodeGate:
-    """At most ``slots`` decodes and ``pixels`` pixels in flight at once, first come first served.
-
-    A decoded photo costs about 4 bytes a pixel (a 40-megapixel PNG of 116 KB: 150 MB, 8 s), so
-    the weight is the pixel count read from the header; a photo larger than the whole budget
-    waits until it can run alone. Who waits longer than ``wait_s`` gets :class:`Busy`.
-    """
-
-    def __init__(self, slots: int, pixels: int, wait_s: float):
-        self.slots, self.pixels, self.wait_s = slots, pixels, wait_s
-        self._cond = threading.Condition()
-        self._queue: collections.deque[object] = collections.deque()
-        self.in_flight = self.pixels_in_flight = 0
-        self.peak = self.peak_pixels = self.waited = self.refused = self.decoded = 0
-
-    def _fits(self, ticket: object, weight: int) -> bool:
-        return (
-            self._queue[0] is ticket
-            and self.in_flight < self.slots
-            and self.pixels_in_flight + weight <= self.pixels
-        )
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int, wait_s: float | None = None) -> Iterator[int]:
-        """Hold one slot and ``pixels`` of the budget while the block runs; yields the weight."""
-        weight = max(1, min(pixels, self.pixels))
-        deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
-        ticket = object()
-        with self._cond:
-            self._queue.append(ticket)
-            try:
-                if not self._fits(ticket, weight):
-                    self.waited += 1
-                while not self._fits(ticket, weight):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self.refused += 1
-                        raise Busy(
-                            f"busy: {self.in_flight} photo(s) of {self.pixels_in_flight / 1e6:.1f} megapixels "
-                            f"are being decoded (at most {self.slots} at once, {self.pixels / 1e6:.0f} "
-                            "megapixels in all); try again in a few seconds"
-                        )
-                    self._cond.wait(left)
-                self.in_flight += 1
-                self.pixels_in_flight += weight
-                self.peak = max(self.peak, self.in_flight)
-                self.peak_pixels = max(self.peak_pixels, self.pixels_in_flight)
-            finally:
-                self._queue.remove(ticket)
-                self._cond.notify_all()
-        try:
-            yield weight
-        finally:
-            with self._cond:
-                self.in_flight -= 1
-                self.pixels_in_flight -= weight
-                self.decoded += 1
-                self._cond.notify_all()
-
-    def stats(self) -> dict:
-        with self._cond:
-            return {
-                "slots": self.slots, "pixels": self.pixels, "wait_s": self.wait_s,
-                "in_flight": self.in_flight, "pixels_in_flight": self.pixels_in_flight,
-                "peak": self.peak, "peak_pixels": self.peak_pixels,
-                "waited": self.waited, "refused": self.refused, "decoded": self.decoded,
-            }  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# The archive, by image_id
-
-
-class ArchiveLookup:
-    """image_id -> (file, row group, row) over one or more archives; reads one row group per fetch."""
-
-    def __init__(self, uris: list[str], wanted: set[str] | None = None):
-        self.uris = uris
-        self.files: list[str] = []
-        self.where: dict[str, tuple[int, int, int]] = {}
-        for uri in uris:
-            for f in archive.archive_files(uri):
-                fs, path = storage.resolve(f)
-                with fs.open_input_file(path) as fh:
-                    pf = pq.ParquetFile(fh)
-                    archive._validate_projection(pf.schema_arrow, ["image", "bbox"], f)
-                    fi = len(self.files)
-                    self.files.append(f)
-                    for rg in range(pf.metadata.num_row_groups):
-                        ids = pf.read_row_group(rg, columns=["image_id"]).column("image_id").to_pylist()
-                        for row, image_id in enumerate(ids):
-                            if wanted is None or image_id in wanted:
-                                self.where.setdefault(image_id, (fi, rg, row))
-
-    def __contains__(self, image_id: str) -> bool:
-        return image_id in self.where
-
-    def get(self, image_id: str) -> dict:
-        """The archive row's ``image`` bytes and ``bbox``."""
-        fi, rg, row = self.where[image_id]
-        fs, path = storage.resolve(self.files[fi])
-        with fs.open_input_file(path) as fh:
-            t = pq.ParquetFile(fh).read_row_group(rg, columns=["image", "bbox"])
-        return {"image": t.column("image")[row].as_py(), "bbox": t.column("bbox")[row].as_py()}
-
-
-def lineage_archives(info: rindex.IndexInfo) -> list[str]:
-    """The archives the index's embeddings were computed from (their embed manifests say)."""
-    out = []
-    for src in info.sources:
-        m = manifest.read_manifest(src) or {}
-        uri = (m.get("config") or {}).get("archive")
-        if uri and uri not in out:
-            out.append(uri)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The matcher: one model, every shard, in this process
-
-
-class Matcher:
-    """Embeds one photo with the index's model and finds its candidate individuals (no Ray)."""
-
-    def __init__(self, cfg: ServeConfig):
-        import torch
-
-        from reid.model import load_package
-
-        self.cfg = cfg
-        self.info = rindex.open_index(cfg.index)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.spec = load_package(cfg.model, map_location=self.device)
-        rindex.check_compatible(self.info, self.spec.model_id, self.spec.embedding_dim, cfg.model)
-        self.threshold = cfg.threshold if cfg.threshold is not None else self.info.threshold
-        self.shards = []
-        tables = []
-        for i, s in enumerate(self.info.shards):
-            index, ids = rindex.load_shard(self.info, i)
-            self.shards.append((index, matching.GalleryMeta(ids), s.offset))
-            tables.append(ids)
-        self.gallery = pa.concat_tables(tables).combine_chunks()
-        self.row_of = {v: i for i, v in enumerate(self.gallery.column("image_id").to_pylist())}
-        labels = self.gallery.column("individual_id")
-        self.n_images = {d["values"]: d["counts"] for d in labels.drop_null().value_counts().to_pylist()}
-        uris = cfg.archive or lineage_archives(self.info)
-        if not uris:
-            raise ReidError(
-                f"{cfg.index}: cannot tell which archive the index was built from (no embed manifest "
-                "names one); pass --archive ARCHIVE for the thumbnails"
-            )
-        self.archive = ArchiveLookup(uris, wanted=set(self.row_of))
-        self.examples = self._pick_examples(cfg.examples, cfg.seed)
-        self._lock = threading.Lock()
-
-    # -- queries
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [S, S, 3] (from reid.preprocess.decode_for_model) -> L2-normalised [1, d]."""
-        import torch
-
-        from reid.preprocess import normalize
-
-        with torch.inference_mode():
-            x = normalize(pixels[None].copy(), self.spec.mean, self.spec.std, self.device)
-            return self.model(x).float().cpu().numpy()
-
-    def search(self, vec: np.ndarray, query_meta: pa.Table | None, k: int) -> list[dict]:
-        """The best neighbour of each of the ``k`` most similar labelled individuals (one query)."""
-        exclude = (
-            matching.Exclusions(self_match=True, same_camera_day=True)
-            if query_meta is not None
-            else matching.Exclusions(self_match=False)
-        )
-        ntotal = self.info.ntotal
-        depth = min(ntotal, max(4 * k, 32))
-        limit = min(ntotal, MAX_DEPTH)
-        while True:
-            parts = []
-            for index, meta, offset in self.shards:
-                d, i = matching.search_shard(index, vec, depth, query_meta, meta, exclude, self.info.nprobe)
-                parts.append((d, matching.to_global(i, offset)))
-            scores, gids = matching.merge_topk(parts, depth)
-            found = self._group(scores[0], gids[0], k)
-            if len(found) >= k or depth >= limit:
-                return found  # at most MAX_DEPTH neighbours: fewer candidates, never a full scan
-            depth = min(limit, depth * 4)
-
-    def _group(self, scores: np.ndarray, gids: np.ndarray, k: int) -> list[dict]:
-        ok = gids >= 0
-        take = pa.array(gids[ok])
-        labels = self.gallery.column("individual_id").take(take).to_pylist()
-        ids = self.gallery.column("image_id").take(take).to_pylist()
-        out: dict[str, dict] = {}
-        for s, ind, image_id in zip(scores[ok].tolist(), labels, ids, strict=True):
-            if ind is None:  # unlabelled photos are not candidates (nothing to confirm them as)
-                continue
-            if ind not in out:
-                if len(out) == k:
-                    continue
-                out[ind] = {"individual_id": ind, "score": s, "image_id": image_id, "images": []}
-            if len(out[ind]["images"]) < 3:
-                out[ind]["images"].append({"image_id": image_id, "score": s})
-        for rank, c in enumerate(out.values(), start=1):
-            c["rank"] = rank
-            c["n_images"] = self.n_images.get(c["individual_id"], 0)
-        return list(out.values())
-
-    def query(self, pixels: np.ndarray, query_meta: pa.Table | None = None, k: int | None = None) -> dict:
-        t0 = time.perf_counter()
-        with self._lock:
-            vec = self.embed(pixels)
-            t1 = time.perf_counter()
-            cands = self.search(vec, query_meta, k or self.cfg.k)
-        t2 = time.perf_counter()
-        best = cands[0]["score"] if cands else None
-        is_new = best is None or (self.threshold is not None and best < self.threshold)
-        return {
-            "candidates": cands,
-            "best_score": best,
-            "threshold": self.threshold,
-            "is_new": bool(is_new),
-            "timing_ms": {"embed": round(1e3 * (t1 - t0), 2), "search": round(1e3 * (t2 - t1), 2)},
-        }
-
-    # -- archive photos
-
-    def archive_pixels(self, image_id: str) -> tuple[np.ndarray | None, str | None]:
-        from reid.preprocess import decode_for_model
-
-        row = self.archive.get(image_id)
-        return decode_for_model(row["image"], row["bbox"], self.spec.input_size)
-
-    def query_meta(self, image_id: str) -> pa.Table:
-        return self.gallery.slice(self.row_of[image_id], 1)
-
-    def thumbnail(self, image_id: str) -> bytes:
-        from PIL import Image
-
-        row = self.archive.get(image_id)
-        dec = imageio.decode(row["image"], row["bbox"], target_size=self.cfg.thumb_size)
-        if not dec.ok:
-            raise ReidError(f"{image_id}: {dec.reason}")
-        img = dec.image
-        img.thumbnail((self.cfg.thumb_size, self.cfg.thumb_size), Image.Resampling.LANCZOS)
-        return imageio.encode_jpeg(img, quality=85)
-
-    def _pick_examples(self, n: int, seed: int) -> list[dict]:
-        """``n`` archive photos of distinct individuals that have other photos in the index."""
-        if n == 0:
-            return []
-        labels = self.gallery.column("individual_id").to_pylist()
-        ids = self.gallery.column("image_id").to_pylist()
-        rng = np.random.default_rng(seed)
-        by_ind: dict[str, list[str]] = collections.defaultdict(list)
-        for image_id, ind in zip(ids, labels, strict=True):
-            if ind is not None and self.n_images.get(ind, 0) >= 2 and image_id in self.archive:
-                by_ind[ind].append(image_id)
-        names = sorted(by_ind)
-        picked = [names[i] for i in rng.permutation(len(names))[:n]]
-        return [{"image_id": by_ind[name][rng.integers(len(by_ind[name]))], "individual_id": name}
-                for name in sorted(picked)]  # fmt: skip
-
-    def describe(self) -> dict:
-        return {
-            "index": self.cfg.index,
-            "version": self.info.version,
-            "images": self.info.ntotal,
-            "individuals": len(self.n_images),
-            "factory": self.info.factory,
-            "model_id": self.spec.model_id,
-            "backbone": self.spec.backbone,
-            "threshold": self.threshold,
-            "threshold_source": "override" if self.cfg.threshold is not None else "calibrated with the index",
-            "calibration": self.info.calibration,
-            "k": self.cfg.k,
-            "max_upload_bytes": self.cfg.max_upload_bytes,
-            "max_pixels": self.cfg.max_pixels,
-            "decode_slots": self.cfg.decode_slots,
-            "decode_pixels": self.cfg.decode_pixels,
-            "device": self.device,
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# Uploads
-
-
-class UploadError(Exception):
-    """An upload refused with an HTTP status and a message for the page."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def check_upload(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """Refuse what is not a supported image, or is too large in pixels, before decoding pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise UploadError(400, "empty upload: choose a photo file")
-    try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            fmt, (w, h) = img.format, img.size
-    except UnidentifiedImageError:
-        raise UploadError(415, "not an image: upload a photo (JPEG, PNG, WebP, TIFF, BMP or GIF)") from None
-    except Exception as e:  # noqa: BLE001 - a broken header is the user's file, not our bug
-        raise UploadError(415, f"unreadable image ({type(e).__name__}): upload another photo") from None
-    if fmt not in UPLOAD_FORMATS:
-        raise UploadError(415, f"{fmt} images are not accepted: upload a JPEG, PNG, WebP, TIFF, BMP or GIF")
-    if w * h > max_pixels:
-        raise UploadError(
-            413, f"image too large: {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,}; downscale it"
-        )
-    return fmt, w, h
-
-
-# --------------------------------------------------------------------------------------------
 # The app
 
 
@@ -533,26 +205,6 @@ class Decision(BaseModel):
     individual_id: str | None = Field(None, max_length=64)
     reviewer: str | None = Field(None, max_length=64)
     note: str | None = Field(None, max_length=500)
-
-
-class RecentQueries:
-    """The last queries answered, so a decision is recorded with what the page was shown."""
-
-    def __init__(self, size: int = 2048):
-        self.size = size
-        self._items: collections.OrderedDict[str, dict] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, query_id: str, item: dict) -> None:
-        with self._lock:
-            self._items[query_id] = item
-            self._items.move_to_end(query_id)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def get(self, query_id: str) -> dict | None:
-        with self._lock:
-            return self._items.get(query_id)
 
 
 def create_app(
@@ -615,7 +267,10 @@ def create_app(
     @app.get("/api/info")
     def info() -> dict:
         examples = [{**e, "thumb": f"/thumb/{e['image_id']}"} for e in matcher.examples]
-        return {**matcher.describe(), "decodes": gate.stats(), "examples": examples}
+        limits = {
+            k: getattr(cfg, k) for k in ("max_upload_bytes", "max_pixels", "decode_slots", "decode_pixels")
+        }
+        return {**matcher.describe(), **limits, "decodes": gate.stats(), "examples": examples}
 
     def answer(query_id: str, sha: str, image_id: str | None, result: dict, **extra) -> dict:
         recent.put(query_id, {"sha256": sha, "image_id": image_id, **result})

@@ -346,7 +346,7 @@ def test_host_guard_refuses_cross_site_state_changes(origin, fetch_site, allowed
 
 
 def test_decode_gate_bounds_slots_and_pixels_first_come_first_served():
-    from jobs.serve import Busy, DecodeGate
+    from reid.serving.uploads import Busy, DecodeGate
 
     gate = DecodeGate(slots=2, pixels=100, wait_s=0.2)
     with gate.hold(60), gate.hold(30):
