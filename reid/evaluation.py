@@ -195,11 +195,27 @@ def from_split(
         q,
         g,
         f"split table: {len(q)} queries ({column} in {list(query_values)}) against {len(g)} gallery images "
-        f"({column} in {list(gallery_values)})",
+        f"({column} in {list(gallery_values)}){split_caveat(split)}",
         {"column": column, "not_in_split": int(sum(r is None for r in roles))},
         empty=f"{source}: {len(q)} query and {len(g)} gallery images among the labelled embeddings; "
         f"column {column!r} has values {found[:10]}: pass --query-value / --gallery-value",
     )
+
+
+def split_caveat(split: pa.Table) -> str:
+    """What a reader of the figures must know about how the split was made (from its manifest)."""
+    import json
+
+    from reid.split import MANIFEST_KEY
+
+    raw = (split.schema.metadata or {}).get(MANIFEST_KEY)
+    kind = ((json.loads(raw).get("config") or {}).get("kind") if raw else None) or ""
+    if kind == "closed-photo":
+        return (
+            "; closed-photo split (the published by-photo protocol): photos of one sighting (burst, day) "
+            "may sit on both sides, so figures read higher than on new sightings"
+        )
+    return ""
 
 
 def _protocol(

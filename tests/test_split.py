@@ -249,3 +249,16 @@ def test_cli(small_archive, tmp_path, capsys):
         main(args[:-1] + ["2040"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error:") and "2040" in err and "Traceback" not in err
+
+
+def test_closed_photo_split_carries_its_caveat_into_evaluation(small_archive, tmp_path):
+    """`reid evaluate --protocol split` says that a by-photo split may put one sighting on both sides."""
+    from reid import evaluation
+
+    out = str(tmp_path / "photo.parquet")
+    run_split(SplitConfig(archive=small_archive, out=out, kind="closed-photo"))
+    table = evaluation.read_split_table(out)
+    assert "may sit on both sides" in evaluation.split_caveat(table)
+    other = str(tmp_path / "closed.parquet")
+    run_split(SplitConfig(archive=small_archive, out=other, kind="identity"))
+    assert evaluation.split_caveat(evaluation.read_split_table(other)) == ""
