@@ -175,11 +175,14 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def options_error(job: str, e: ValueError, cls: type[BaseModel] | None = None) -> ConfigError:
+def options_error(
+    job: str, e: ValueError, cls: type[BaseModel] | None = None, as_fields: bool = False
+) -> ConfigError:
     """A config's validation error as one line: the option, the value, what is allowed.
 
     e.g. ``reid match --k 0: out of range (allowed: 1 to 1000)``; several errors are joined by ``;``.
-    Every job's command uses it, so every option error reads the same.
+    Every job's command uses it, so every option error reads the same; ``as_fields`` names the
+    settings as a pipeline file spells them (``batch_size``) rather than as options.
     """
     if not isinstance(e, ValidationError):
         return ConfigError(f"reid {job}: " + " ".join(str(e).split()))
@@ -200,7 +203,8 @@ def options_error(job: str, e: ValueError, cls: type[BaseModel] | None = None) -
             what = f"out of range (allowed: {bounds})"
         else:
             what = msg[:1].lower() + msg[1:]
-        parts.append(f"{option_name('.'.join(loc))}{shown}: {what}")
+        name = ".".join(loc) if as_fields else option_name(".".join(loc))
+        parts.append(f"{name}{shown}: {what}")
     return ConfigError(f"reid {job}: " + "; ".join(parts))
 
 

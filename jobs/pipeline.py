@@ -208,7 +208,7 @@ def load(cfg: PipelineConfig) -> list[Step]:
         try:
             step.config = cls(**values)
         except ValidationError as e:
-            why = str(options_error(step.job, e, cls)).removeprefix(f"reid {step.job}: ")
+            why = str(options_error(step.job, e, cls, as_fields=True)).removeprefix(f"reid {step.job}: ")
             raise ConfigError(f"{cfg.file}: step [{step.name}] ({step.job}): {why}") from None
     return order
 
