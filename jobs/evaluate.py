@@ -21,6 +21,7 @@ from rich.table import Table
 from jobs.common import Input, JobConfig, Output, check_locations, console, options_error, print_summary
 from reid import evaluation, manifest, report, storage
 from reid.errors import ReidError
+from reid.serving import lookup
 
 JOB = "evaluate"
 METRICS = "metrics.json"
@@ -186,7 +187,7 @@ def run(cfg: EvaluateConfig) -> dict:
     storage.write_parquet(queries_table(data, ev), storage.join(cfg.out, QUERIES))
     paths = {}
     if cfg.report:
-        archive_uri = cfg.archive or report.archive_from_lineage(emb_manifest)
+        archive_uri = cfg.archive or lookup.archive_from_lineage(emb_manifest)
         inputs = report.ReportInputs(
             cfg.embeddings, model_id, archive_uri, title=f"Re-identification evaluation ({protocol.name})"
         )

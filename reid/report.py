@@ -10,19 +10,33 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
-import io
 import math
 from dataclasses import dataclass
+from functools import cache
 
+import jinja2
 import numpy as np
 import pyarrow.compute as pc
 
 from reid import plots, storage
+from reid.errors import ReidError
 from reid.evaluation import EvalData, Evaluation, Protocol
-from reid.imageio import decode
+from reid.serving.lookup import thumbnail_jpeg
+
+__all__ = [
+    "PLOT_FILES",
+    "REPORT",
+    "TEMPLATE",
+    "THUMB",
+    "ReportInputs",
+    "pick_examples",
+    "render_html",
+    "thumbnails",
+    "write_report",
+]
 
 REPORT = "report.html"
+TEMPLATE = "report.html.j2"
 PLOT_FILES = {
     "accuracy": "accuracy_at_k.png",
     "map": "embedding_map.png",
@@ -43,20 +57,6 @@ class ReportInputs:
 
 # ---------------------------------------------------------------------------------------------
 # Thumbnails
-
-
-def archive_from_lineage(embeddings_manifest: dict | None) -> str | None:
-    """The archive an embeddings output was computed from, as its manifest's lineage records it."""
-    if not embeddings_manifest:
-        return None
-    inputs = embeddings_manifest.get("inputs") or []
-    for entry in inputs:
-        if entry.get("job") == "ingest" or entry.get("job") == "synth":
-            return entry.get("uri")
-    cfg = embeddings_manifest.get("config") or {}
-    if cfg.get("archive"):
-        return cfg["archive"]
-    return inputs[0].get("uri") if inputs else None
 
 
 def thumbnails(
@@ -82,14 +82,11 @@ def thumbnails(
         table.column("bbox").to_pylist(),
         strict=True,
     ):
-        dec = decode(data, bbox, target_size=size)
-        if dec.image is None:
-            continue
-        img = dec.image
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=82)
-        out[image_id] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        try:
+            jpeg = thumbnail_jpeg(data, bbox, size, quality=82)
+        except ReidError:
+            continue  # counted as missing below
+        out[image_id] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
     missing = len(set(image_ids) - set(out))
     note = f"{missing} thumbnail(s) missing from archive {archive_uri}" if missing else None
     return out, note
@@ -126,10 +123,10 @@ def pick_examples(ev: Evaluation, n: int = 8, seed: int = 0) -> list[int]:
 # The page
 
 
-def _fmt(v) -> str:
+def _fmt(v: object) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4f}"
-    return html.escape(str(v))
+    return str(v)
 
 
 _METRIC_ROWS = [
@@ -145,31 +142,55 @@ _METRIC_ROWS = [
     ("threshold", "similarity threshold: below it a query is a new individual"),
 ]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;
- color:#222;padding:0 16px}
-h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
-.meta{color:#555;font-size:.9em} .meta code{font-size:.95em}
-table{border-collapse:collapse} td,th{padding:4px 10px;text-align:left;vertical-align:top}
-table.metrics td.v{font-variant-numeric:tabular-nums;font-weight:600;text-align:right}
-table.metrics tr:nth-child(even){background:#f6f6f6} td.d{color:#666;font-size:.88em}
-.plots{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start} .plots figure{margin:0}
-figcaption{font-size:.85em;color:#555;max-width:560px}
-table.examples td{padding:4px;text-align:center;font-size:.78em}
-.cand{border:3px solid #bbb;border-radius:4px;padding:2px;width:118px}
-.ok{border-color:#2ca02c} .bad{border-color:#d62728} .query{border-color:#1f77b4}
-.mark{font-weight:700} .ok .mark{color:#2ca02c} .bad .mark{color:#d62728}
-.ph{width:112px;height:84px;background:#eee;color:#999;display:flex;align-items:center;
- justify-content:center;margin:auto}
-img.thumb{max-width:112px;max-height:112px;display:block;margin:auto}
-.note{color:#a15c00;font-size:.88em}
-"""
+
+@cache
+def _templates() -> jinja2.Environment:
+    """The package's templates, autoescaped: a value reaches the page as markup only if marked safe."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("reid", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
-def _img(uri: str | None, alt: str) -> str:
-    if not uri:
-        return '<div class="ph">no image</div>'
-    return f'<img class="thumb" src="{uri}" alt="{html.escape(alt)}">'
+def _example_rows(data: EvalData, ev: Evaluation, examples: list[int], thumbs: dict[str, str]) -> list[dict]:
+    """Each example query with its top-5 candidates (None where the ranking ran out), as plain values."""
+    rows = []
+    for qpos in examples:
+        qrow = ev.query_rows[qpos]
+        qid, qlab = str(data.ids[qrow]), str(data.labels[qrow])
+        status = (
+            "new individual (not in gallery)"
+            if not ev.known[qpos]
+            else ("top-1 right" if ev.top1_correct[qpos] else "top-1 wrong")
+        )
+        cands: list[dict | None] = []
+        for rank in range(min(5, ev.neighbours.indices.shape[1])):
+            j = int(ev.neighbours.indices[qpos, rank])
+            if j < 0:
+                cands.append(None)
+                continue
+            grow = ev.gallery_rows[j]
+            gid, glab = str(data.ids[grow]), str(data.labels[grow])
+            score = float(ev.neighbours.scores[qpos, rank])
+            cands.append(
+                {
+                    "image_id": gid,
+                    "thumb": thumbs.get(gid),
+                    "label": glab,
+                    "ok": glab == qlab,
+                    "rank": rank + 1,
+                    "score": score,
+                    "below": ev.threshold is not None and score < ev.threshold,
+                }
+            )
+        rows.append(
+            {"image_id": qid, "thumb": thumbs.get(qid), "label": qlab, "status": status, "candidates": cands}
+        )
+    return rows
 
 
 def render_html(
@@ -183,13 +204,8 @@ def render_html(
     notes: list[str],
     map_method: str,
 ) -> str:
-    """The report page as one HTML string (no external resources)."""
+    """The report page as one HTML string (no external resources), from ``templates/report.html.j2``."""
     m = ev.metrics
-    rows = "".join(
-        f'<tr><th>{html.escape(k)}</th><td class="v">{_fmt(m[k])}</td><td class="d">{html.escape(d)}</td></tr>'
-        for k, d in _METRIC_ROWS
-        if k in m
-    )
     counts = {
         "queries scored": m.get("n_queries"),
         "queries with no match in the gallery": m.get("n_queries_without_positive"),
@@ -197,79 +213,27 @@ def render_html(
         "unlabelled images left out": data.n_unlabelled,
         "excluded query/gallery pairs": ev.exclusions,
     }
-    count_rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td class='v'>{_fmt(v)}</td></tr>"
-        for k, v in counts.items()
-        if v is not None
-    )
-    g = ev.gallery_rows
-    ex_rows = []
-    for qpos in examples:
-        qrow = ev.query_rows[qpos]
-        qid, qlab = str(data.ids[qrow]), str(data.labels[qrow])
-        status = (
-            "new individual (not in gallery)"
-            if not ev.known[qpos]
-            else ("top-1 right" if ev.top1_correct[qpos] else "top-1 wrong")
+    rows = np.concatenate([ev.query_rows, ev.gallery_rows])
+    return (
+        _templates()
+        .get_template(TEMPLATE)
+        .render(
+            title=inputs.title,
+            embeddings=inputs.embeddings,
+            model_id=inputs.model_id or "unknown",
+            n_individuals=len(set(data.labels[rows])),
+            made=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            protocol=protocol.description,
+            notes=notes,
+            metric_rows=[(k, _fmt(m[k]), d) for k, d in _METRIC_ROWS if k in m],
+            count_rows=[(k, _fmt(v)) for k, v in counts.items() if v is not None],
+            plots={name: _data_uri_png(png) for name, png in plot_pngs.items()},
+            threshold=ev.threshold,
+            threshold_source=ev.threshold_source or "",
+            map_method=map_method,
+            examples=_example_rows(data, ev, examples, thumbs),
         )
-        cells = [
-            f'<td><div class="cand query">{_img(thumbs.get(qid), qid)}<div><b>{html.escape(qlab)}</b></div>'
-            f'<div class="d">query &middot; {html.escape(status)}</div></div></td>'
-        ]
-        for rank in range(min(5, ev.neighbours.indices.shape[1])):
-            j = int(ev.neighbours.indices[qpos, rank])
-            if j < 0:
-                cells.append("<td></td>")
-                continue
-            grow = g[j]
-            gid, glab = str(data.ids[grow]), str(data.labels[grow])
-            score = float(ev.neighbours.scores[qpos, rank])
-            ok = glab == qlab
-            below = ev.threshold is not None and score < ev.threshold
-            cells.append(
-                f'<td><div class="cand {"ok" if ok else "bad"}">{_img(thumbs.get(gid), gid)}'
-                f'<div><span class="mark">{"&#10003;" if ok else "&#10007;"}</span> {html.escape(glab)}</div>'
-                f"<div>#{rank + 1} &middot; {score:.3f}{' &lt; thr' if below else ''}</div></div></td>"
-            )
-        ex_rows.append(f"<tr>{''.join(cells)}</tr>")
-    header = "<tr><th>query</th>" + "".join(f"<th>#{r}</th>" for r in range(1, 6)) + "</tr>"
-    note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    thr = (
-        f"threshold {ev.threshold:.4f}: {html.escape(ev.threshold_source or '')}"
-        if ev.threshold is not None
-        else "no threshold"
     )
-    made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    n_ind = len(set(data.labels[np.concatenate([ev.query_rows, g])]))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(inputs.title)}</title><style>{_CSS}</style></head>
-<body>
-<h1>{html.escape(inputs.title)}</h1>
-<p class="meta">embeddings <code>{html.escape(inputs.embeddings)}</code> &middot; model
-<code>{html.escape(inputs.model_id or "unknown")}</code> &middot; {n_ind} individuals &middot; {made}<br>
-protocol: {html.escape(protocol.description)}</p>
-{note_html}
-<h2>Metrics</h2>
-<table class="metrics" id="metrics">{rows}</table>
-<table class="metrics" id="counts" style="margin-top:10px">{count_rows}</table>
-<h2>Plots</h2>
-<div class="plots">
-<figure><img id="plot-accuracy" src="{_data_uri_png(plot_pngs["accuracy"])}" alt="accuracy@k curve" width="560">
-<figcaption>accuracy@k: share of queries whose individual is among their k best candidates.</figcaption></figure>
-<figure><img id="plot-scores" src="{_data_uri_png(plot_pngs["scores"])}" alt="score distributions" width="560">
-<figcaption>Similarity of query/gallery pairs of the same vs different individuals; {thr}.</figcaption></figure>
-<figure><img id="plot-map" src="{_data_uri_png(plot_pngs["map"])}" alt="2-D map of the embeddings" width="840">
-<figcaption>2-D map ({html.escape(map_method.upper())}) of the evaluated embeddings, the largest individuals
-in colour; tight, separate clusters mean the model tells individuals apart.</figcaption></figure>
-</div>
-<h2>Example queries</h2>
-<p class="meta">Top-5 candidates per query with cosine similarity; green &#10003; = same individual,
-red &#10007; = another individual.</p>
-<table class="examples" id="examples">{header}{"".join(ex_rows)}</table>
-</body></html>
-"""
 
 
 def write_report(
