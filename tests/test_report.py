@@ -84,17 +84,9 @@ def write_hostile_inputs(root: Path) -> dict[str, str]:
     manifest.write_manifest(archive_uri, "ingest", {}, [SCRIPT], {"rows": len(rows)}, started)
     vecs = np.stack([r["vec"] for r in rows]).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    table = pa.table(
-        {
-            "image_id": [r["image_id"] for r in rows],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM),
-            "model_id": [model_id] * len(rows),
-            "individual_id": [r["individual_id"] for r in rows],
-            "survey": [r["survey"] for r in rows],
-            "captured_at": pa.array([r["captured_at"] for r in rows], pa.timestamp("us", tz="UTC")),
-            "camera_id": [r["camera_id"] for r in rows],
-        }
-    )
+    carried = ("image_id", "individual_id", "survey", "captured_at", "camera_id")
+    table = pa.Table.from_pylist([{k: r[k] for k in carried} | {"model_id": model_id} for r in rows])
+    table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), DIM))
     storage.write_parquet(conform(table, embeddings_schema(DIM)), storage.join(emb_uri, "part.parquet"))
     manifest.write_manifest(
         emb_uri, "embed", {"archive": archive_uri}, [archive_uri], {"embeddings": len(rows)}, started,
