@@ -25,9 +25,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from jobs.common import print_summary, progress
+from jobs.common import (
+    Input,
+    InputOrName,
+    JobConfig,
+    Output,
+    check_locations,
+    options_error,
+    print_summary,
+    progress,
+)
 from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
 from reid.schema import (
@@ -43,10 +52,14 @@ JOB = "embed"
 REJECTS_DIR = "_rejects"
 
 
-class EmbedConfig(BaseModel):
-    archive: str = Field(description="archive path or s3:// URI")
-    model: str = Field(description="model package (dir or s3://) or timm:/hf-hub: pretrained name")
-    out: str = Field(description="embeddings output path or s3:// URI")
+class EmbedConfig(JobConfig):
+    """Options of ``reid embed``; local paths become absolute here, model names stay names."""
+
+    archive: Input = Field(description="archive path or s3:// URI")
+    model: InputOrName = Field(
+        description="model package (dir or s3://) or a pretrained name (timm:, hf-hub:, efficientnet-lite:)"
+    )
+    out: Output = Field(description="embeddings output path or s3:// URI")
     batch_size: int = Field(64, ge=1, le=4096, description="images per model forward")
     actors: int | None = Field(None, ge=1, description="inference actors (default: from resources)")
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when GPUs exist, else 0")
@@ -61,7 +74,7 @@ class EmbedConfig(BaseModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
     max_units: int | None = Field(None, ge=1, description="stop after this many units (testing)")
 
-    @field_validator("archive", "model", "out")
+    @field_validator("archive", "model", "out", mode="before")
     @classmethod
     def _not_empty(cls, v: str) -> str:
         if not v.strip():
@@ -308,6 +321,7 @@ def run(cfg: EmbedConfig) -> dict:
     """Embed every valid archive row exactly once; returns the summary."""
     from reid.model import load_package
 
+    check_locations(cfg)  # a bad --out or an unreachable bucket: one line, before any work
     started, t0 = manifest.now(), time.perf_counter()
     units = plan_units(cfg.archive)  # validates the archive before any work
     ids = pa.concat_tables(
@@ -492,10 +506,10 @@ def register(app: typer.Typer) -> None:
                 num_cpus=num_cpus,
             )
         except ValueError as e:
-            raise ReidError(f"bad embed options: {e}") from e
+            raise options_error(JOB, e, EmbedConfig) from e
         summary = run(cfg)
         print_summary(JOB, summary)
         if summary.get("total_rejects"):
             typer.echo(
-                f"{summary['total_rejects']} image(s) rejected: see {storage.join(out, archive.REJECTS)}"
+                f"{summary['total_rejects']} image(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}"
             )

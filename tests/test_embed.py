@@ -79,6 +79,9 @@ def test_embeddings_equal_direct_model_call_and_rejects_listed(tmp_path, model_d
     np.testing.assert_allclose(got, direct, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert set(emb["model_id"].to_pylist()) == {spec.model_id}
+    # each embedding carries its archive row's photo_id (ingest's hash of the photo, not image_id)
+    photo = dict(zip(emb["image_id"].to_pylist(), emb["photo_id"].to_pylist()))
+    assert photo == {i: rows[i]["photo_id"] for i in photo} and all(photo.values())
     assert manifest.read_manifest(out)["counts"] == {"embeddings": n_good, "rejects": 1, "units": 2}
 
 
@@ -95,6 +98,8 @@ def test_resume_skips_committed_units_and_refuses_other_model(tmp_path, model_di
     assert third["todo_units"] == 0 and third["embedded"] == 0
     ids = read_embeddings(out).column("image_id").to_pylist()
     assert sorted(ids) == [f"img{i:03d}" for i in range(40)]
+    emb = read_embeddings(out)  # rows written without photo_id: one photo per annotation
+    assert emb["photo_id"].to_pylist() == emb["image_id"].to_pylist()
     other = str(tmp_path / "other")
     spec = ModelSpec(backbone="resnet10t", embedding_dim=32, input_size=64)
     torch.manual_seed(1)
@@ -128,3 +133,15 @@ def test_s3_archive_to_s3_embeddings(tmp_path, model_dir, s3_bucket, ray_local):
     assert s["embedded"] == 6 and s["inline_decode"] is False and s["actors"] == 1
     assert read_embeddings(out).num_rows == 6
     assert run(EmbedConfig(archive=arch, model=model_dir, out=out, num_cpus=2))["todo_units"] == 0
+
+
+def test_config_makes_paths_absolute_and_keeps_model_names(tmp_path, monkeypatch):
+    """Local paths are resolved in the driver (Ray workers run elsewhere); model names stay names."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pkg").mkdir()
+    cfg = EmbedConfig(archive="arch", model="pkg", out="./emb")
+    assert (cfg.archive, cfg.model, cfg.out) == tuple(str(tmp_path / n) for n in ("arch", "pkg", "emb"))
+    for name in ("timm:resnet18", "hf-hub:org/name", "efficientnet-lite:efficientnet_lite0"):
+        assert EmbedConfig(archive="a", model=name, out="e").model == name
+    with pytest.raises(ValueError, match="must not be empty"):
+        EmbedConfig(archive=" ", model="timm:resnet18", out="e")

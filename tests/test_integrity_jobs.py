@@ -106,8 +106,6 @@ def test_out_is_an_existing_file(work, job):
         "train": ["train", str(work / "arch"), "--out", f, *TINY_TRAIN],
         "embed": ["embed", str(work / "arch"), "--model", str(work / "model"), "--out", f],
     }[job]
-    if job == "embed" and "Output" not in (REPO / "jobs" / "embed.py").read_text():
-        pytest.xfail("jobs/embed.py (another owner) does not use the shared JobConfig/check_locations yet")
     result = reid(*args, timeout=120)
     line = assert_user_error(result, "--out")
     assert ("is an existing file" in line) if job != "split" else ("is a folder" in line)
@@ -181,6 +179,12 @@ def test_s3_endpoint_that_does_not_answer():
         (["train", "ARCH", "--out", "M", "--lr-head", "nan"], "--lr-head", "nan"),
         (["evaluate", "E", "--out", "R", "--threshold", "-inf"], "--threshold", "-inf"),
         (["synth", "S", "--images-per-individual", "nan"], "--images-per-individual", "nan"),
+        (
+            ["embed", "A", "--model", "timm:resnet18", "--out", "E", "--gpus-per-actor", "nan"],
+            "--gpus-per-actor",
+            "nan",
+        ),
+        (["embed", "A", "--model", "M", "--out", "E", "--cpus-per-actor", "inf"], "--cpus-per-actor", "inf"),
     ],
 )
 def test_non_finite_numbers_refused(tmp_path, args, option, value):
