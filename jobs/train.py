@@ -77,6 +77,9 @@ class TrainConfig(JobConfig):
     embedding_dim: int = Field(512, ge=1, le=8192)
     input_size: int = Field(224, ge=16, le=4096)
     pooling: Literal["gem", "avg", "head"] = "gem"
+    feature_layer: int | None = Field(
+        None, ge=0, description="cut the backbone after this layer (mid-level texture features); none = whole"
+    )
     neck: Literal["linear_bn", "linear", "identity"] = "linear_bn"
     # loss
     loss: str = Field(
@@ -153,6 +156,7 @@ class TrainConfig(JobConfig):
             pooling=self.pooling,
             neck=self.neck,
             pretrained=self.pretrained,
+            feature_layer=self.feature_layer,
         )
 
     def resolved_cache_dir(self) -> str:
@@ -966,6 +970,7 @@ def register(app: typer.Typer) -> None:
         embedding_dim: int = typer.Option(None, help="embedding size [512]"),
         input_size: int = typer.Option(None, help="square input side in pixels [224]"),
         pooling: str = typer.Option(None, help="gem, avg or head [gem]"),
+        feature_layer: int = typer.Option(None, help="cut the backbone after this layer [whole backbone]"),
         neck: str = typer.Option(None, help="linear_bn, linear or identity [linear_bn]"),
         loss: str = typer.Option(
             None, help="contrastive, triplet, circle, arcface, subcenter_arcface, cosface [triplet]"

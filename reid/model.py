@@ -41,7 +41,10 @@ class ModelSpec:
     ``gem`` (generalised mean, learnable p), ``avg``, or ``head`` (the backbone's own pooling, e.g.
     a ViT class token). ``neck``: ``linear_bn`` (Linear + BatchNorm1d), ``linear``, or ``identity``
     (pooled features as they are; embedding_dim is then the backbone's feature width).
-    ``mean``/``std`` default to the backbone's timm config.
+    ``mean``/``std`` default to the backbone's timm config. ``feature_layer``: cut the backbone
+    after this intermediate layer (timm's ``prune_intermediate_layers`` index; for EfficientNet and
+    MobileNet the block, counting the stem as 0), so the embedding pools mid-level texture (spots,
+    stripes, scars) instead of the last layer's object-class features; None keeps the whole backbone.
     """
 
     backbone: str
@@ -52,6 +55,7 @@ class ModelSpec:
     pooling: str = "gem"
     neck: str = "linear_bn"
     pretrained: str | None = None
+    feature_layer: int | None = None
     model_id: str | None = None
     created_at: str | None = None
     extra: dict = field(default_factory=dict)
@@ -81,6 +85,8 @@ class ModelSpec:
         d = self.to_dict()
         for k in ("model_id", "created_at", "pretrained", "extra"):
             d.pop(k)
+        if d["feature_layer"] is None:  # packages saved before the field existed keep their ids
+            d.pop("feature_layer")
         return d
 
 
@@ -111,6 +117,10 @@ def validate_spec(spec: ModelSpec) -> None:
         raise ConfigError(f"neck {spec.neck!r}: expected one of {', '.join(NECKS)}")
     if spec.embedding_dim < 1 and spec.neck != "identity":
         raise ConfigError(f"embedding_dim {spec.embedding_dim}: must be a positive integer")
+    if spec.feature_layer is not None and spec.feature_layer < 0:
+        raise ConfigError(f"feature_layer {spec.feature_layer}: expected a layer index >= 0 (0 = the stem)")
+    if spec.feature_layer is not None and spec.pooling == "head":
+        raise ConfigError("feature_layer cuts the backbone before its own pooling: use pooling 'gem' or 'avg'")
     if not 16 <= spec.input_size <= 4096:
         raise ConfigError(f"input_size {spec.input_size}: expected a side length in pixels, 16 to 4096")
     pre = spec.pretrained
@@ -179,6 +189,33 @@ class ReidModel(nn.Module):
 
 
 def _build_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
+    """The timm backbone with its pretrained weights (when named), cut at ``feature_layer``."""
+    backbone = _whole_backbone(spec, pretrained)
+    if spec.feature_layer is not None:
+        _cut(backbone, spec)
+    return backbone
+
+
+def _cut(backbone: nn.Module, spec: ModelSpec) -> None:
+    """Drop every layer after ``spec.feature_layer`` (timm's own pruning, so forward_features stops there)."""
+    import inspect
+
+    prune = getattr(backbone, "prune_intermediate_layers", None)
+    if prune is None:
+        raise ConfigError(
+            f"feature_layer: backbone {spec.backbone!r} cannot be cut at a layer (timm has no "
+            "prune_intermediate_layers for it); leave feature_layer unset"
+        )
+    kwargs: dict = {"prune_head": True, "prune_norm": True}
+    if "extra_blocks" in inspect.signature(prune).parameters:
+        kwargs["extra_blocks"] = True  # EfficientNet/MobileNet: index every block, not only stage ends
+    try:
+        prune(indices=[spec.feature_layer], **kwargs)
+    except (AssertionError, IndexError, ValueError) as e:
+        raise ConfigError(f"feature_layer {spec.feature_layer}: not a layer of {spec.backbone!r} ({e})") from e
+
+
+def _whole_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
     timm = _timm()
 
     kwargs: dict = {"num_classes": 0}
