@@ -180,3 +180,22 @@ def test_flip_is_off_by_default():
         for _ in range(20)
     ]
     assert all(left_brighter)
+
+
+def test_feature_layer_cuts_the_backbone_and_round_trips(tmp_path):
+    """Mid-level features: the backbone stops after the named layer; packages rebuild the same cut."""
+    spec = ModelSpec(backbone="efficientnet_lite0", feature_layer=4, embedding_dim=16)
+    model = create_model(spec).eval()
+    assert model.backbone.num_features == 80 and len(model.backbone.blocks) == 4  # stem = layer 0
+    x = torch.rand(2, 3, 64, 64)
+    save_package(model, None, str(tmp_path / "m"))
+    loaded, loaded_spec = load_package(str(tmp_path / "m"))
+    assert loaded_spec.feature_layer == 4 and torch.allclose(model(x), loaded(x), atol=1e-6)
+    assert (
+        create_model(ModelSpec(backbone="resnet18", feature_layer=3, embedding_dim=8)).backbone.num_features
+        == 256
+    )
+    with pytest.raises(ConfigError, match="feature_layer cuts the backbone before its own pooling"):
+        create_model(ModelSpec(backbone="resnet18", feature_layer=2, pooling="head"))
+    # The field is left out of the identity hash when unset, so older packages keep their model ids.
+    assert "feature_layer" not in ModelSpec(backbone="resnet18").identity()
