@@ -5,13 +5,21 @@ Credentials never travel in a runtime_env: Ray writes runtime_envs verbatim into
 its workers inherit the driver's environment, keys included; cluster nodes use their own
 instance role / IRSA. Only when the user opts in (``REID_FORWARD_AWS_CREDENTIALS=1``) are keys
 sent to a cluster, inside a worker setup hook that Ray keeps in its internal store, not in a log.
+
+Ray stays quiet on the user's terminal: its workers' and internal actors' output stays in the
+session's log files (``log_to_driver=False``) and its driver-side records go to
+``logs/reid_driver_<pid>.log`` there; the few warnings a user must act on are printed as one
+line. ``REID_DEBUG=1`` shows everything as Ray prints it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import sys
 
 import ray
 
@@ -68,6 +76,82 @@ def _submitted_job_env() -> dict:
     return ((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}) if raw else {}
 
 
+# Ray warnings a user must act on, as one line in our words ({0}: the pattern's first group).
+_USER_WARNINGS = (
+    (
+        re.compile(r"Cluster resources are not enough to run any task from (.+?)\."),
+        "the Ray cluster has too few free CPUs/GPUs for {0}: the job waits until some are free; "
+        "lower the job's actors or CPUs per actor, or add nodes",
+    ),
+)
+
+
+def _verbose() -> bool:
+    """REID_DEBUG=1: Ray's output as Ray prints it (workers' lines, driver-side records)."""
+    return bool(os.environ.get("REID_DEBUG"))
+
+
+def user_warning(message: str) -> str | None:
+    """The one line a user sees for a Ray warning, or None when it is Ray's own business."""
+    for pattern, words in _USER_WARNINGS:
+        m = pattern.search(message)
+        if m:
+            return words.format(*m.groups())
+    return None
+
+
+class RayLogRouter(logging.Filter):
+    """Keeps the records of Ray's ``ray`` logger in this process off the terminal: they go to
+    the session's log folder (kept in memory until Ray has one), and a warning listed in
+    :data:`_USER_WARNINGS` is printed once as ``warning: ...``. Errors still reach the terminal."""
+
+    MAX_PENDING = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.file: logging.Handler | None = None
+        self.pending: list[logging.LogRecord] = []
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.file is None and len(self.pending) < self.MAX_PENDING:
+            self.pending.append(record)
+        if record.levelno >= logging.ERROR:
+            return True
+        line = user_warning(record.getMessage())
+        if line and line not in self.said:
+            self.said.add(line)
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        return False
+
+    def to_file(self, path: str) -> None:
+        """Write Ray's records to ``path`` from now on (and those kept so far)."""
+        if self.file is not None:
+            return
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+        logging.getLogger("ray").addHandler(handler)
+        self.file = handler
+        for record in self.pending:
+            handler.handle(record)
+        self.pending.clear()
+
+
+_router = RayLogRouter()
+
+
+def quiet_ray_logs(session_dir: str | None = None) -> None:
+    """Route Ray's driver-side records through :class:`RayLogRouter` (idempotent; Ray may add
+    handlers at ``ray.init``); with ``session_dir``, into its ``logs`` folder."""
+    if _verbose():
+        return
+    for handler in logging.getLogger("ray").handlers:
+        if handler is not _router.file and _router not in handler.filters:
+            handler.addFilter(_router)
+    if session_dir and os.path.isdir(os.path.join(session_dir, "logs")):
+        _router.to_file(os.path.join(session_dir, "logs", f"reid_driver_{os.getpid()}.log"))
+
+
 def connect(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -89,6 +173,7 @@ def connect(
         ray.shutdown()
         _started_here = False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet_ray_logs()  # before ray.init, which logs ("Token authentication is enabled ...")
     env: dict = {"env_vars": storage_env(include_secrets=False)}
     env["env_vars"].setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     for name in _submitted_job_env():  # Ray refuses a variable set by both the job and ray.init
@@ -97,11 +182,11 @@ def connect(
         secrets = {k: v for k, v in storage_env(include_secrets=True).items() if k in _SECRET_ENV}
         if forward_credentials_requested() and secrets:
             env["worker_process_setup_hook"] = _credentials_hook(secrets)
-        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
+        ctx = ray.init(address=address, runtime_env=env, log_to_driver=_verbose(), logging_level="WARNING")
     else:
         _started_here, _started_with = True, _credentials_fingerprint()
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
-        ray.init(
+        ctx = ray.init(
             address="local",
             num_cpus=cpus,
             num_gpus=num_gpus,
@@ -109,8 +194,9 @@ def connect(
             runtime_env=env,
             object_store_memory=(object_store_mb or 1024) * 1024 * 1024,
             logging_level="WARNING",
-            log_to_driver=True,
+            log_to_driver=_verbose(),  # workers' and Ray's actors' output stays in the session logs
         )
+    quiet_ray_logs(ctx.address_info.get("session_dir"))
     return ray.cluster_resources()
 
 

@@ -151,7 +151,8 @@ def decode_units(batch: dict, size: int) -> dict:
 
 
 def _check_region_decoder() -> None:
-    """Say so (in the actor's log, shown by the driver) when JPEGs will be decoded whole."""
+    """Say so when JPEGs will be decoded whole: in each actor's log (Ray keeps actors' output in
+    its session logs), and once in the driver for its own machine, which a local Ray's actors share."""
     from reid import jpegroi
 
     if not jpegroi.available():
@@ -380,6 +381,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
     from cluster.runtime import connect, task_env
 
     connect(cfg.address, num_cpus=cfg.num_cpus)
+    _check_region_decoder()
     res = _resources(cfg)
     res["actors"] = min(res["actors"], len(todo))  # an actor per unit at most: none sits idle
     ctx = ray.data.DataContext.get_current()
@@ -416,7 +418,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
     pending: dict[str, dict[str, tuple]] = defaultdict(dict)
     n_ok = n_bad = 0
     total = sum(u["rows"] for u in todo)
-    bar = progress(None, total=total, desc="embed")
+    bar = progress(None, total=total, desc="embed", interval=0)  # in a log: one line per unit
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for image_id, unit, emb, reason in zip(
             batch["image_id"], batch["unit"], batch["embedding"], batch["reason"]

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from jobs.common import (
     LocalPath,
     Output,
     check_locations,
+    follow_epochs,
     options_error,
     print_summary,
     progress,
@@ -678,6 +680,12 @@ def _write_history(out: str, history: list[dict], tb_dir: str | None, tb_upload:
                 storage.write_bytes(storage.join(tb_upload, name), f.read())
 
 
+def metric_key(name: str) -> str:
+    """A history name as TensorBoard and Ray Train accept it (``val_accuracy@1`` -> ``val_accuracy_1``);
+    history.json keeps the names users and tests read."""
+    return re.sub(r"[^-/\w.]", "_", name)
+
+
 def _tensorboard(cfg: TrainConfig):
     from tensorboardX import SummaryWriter
 
@@ -779,10 +787,10 @@ def train_worker(config: dict) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 for k, v in row.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        writer.add_scalar(k, v, epoch)
+                        writer.add_scalar(metric_key(k), v, epoch)
                 writer.flush()
                 _write_history(cfg.out, session.history, tb_dir, tb_upload)
-            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+            metrics = {metric_key(k): v for k, v in row.items() if isinstance(v, (int, float))}
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch:04d}")
     if rank == 0:
         _write_history(cfg.out, session.history, tb_dir, tb_upload)
@@ -894,7 +902,8 @@ def run(cfg: TrainConfig) -> dict:
             },
         ),
     )
-    result = trainer.fit()
+    with follow_epochs(storage.join(cfg.out, HISTORY), cfg.epochs, ("loss", f"val_{cfg.monitor}")):
+        result = trainer.fit()  # worker output stays in Ray's logs: per-epoch lines come from history.json
     history = json.loads(storage.read_text(storage.join(cfg.out, HISTORY)))
     summary = _summarize(cfg, plan, history, caches, result)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
