@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shlex
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +57,10 @@ EXCLUDES = [
 ]
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _UNREACHABLE = "is the cluster up? start one with infra/local-cluster.sh"
+# Right after `ray start --head` the dashboard answers before its job agent is registered, and a
+# submission gets "No available agent to submit job, please try again later." (HTTP 503).
+_NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 30.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,8 +131,43 @@ def _token_headers() -> dict:
     return get_auth_headers_if_auth_enabled({})
 
 
+def _this_machine() -> set[str]:
+    """Names and addresses of this machine (its own name resolved locally; no lookup of others)."""
+    names = {"127.0.0.1", "localhost", "::1", "0.0.0.0", socket.gethostname(), socket.getfqdn()}
+    for name in list(names - {"0.0.0.0"}):
+        try:
+            names |= {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    return {n.lower() for n in names}
+
+
 def is_local_address(address: str | None) -> bool:
-    return urlparse(dashboard_address(address)).hostname in ("127.0.0.1", "localhost", "::1")
+    """Whether the dashboard at ``address`` runs on this machine (loopback, its name or address)."""
+    host = urlparse(dashboard_address(address)).hostname or ""
+    return host.lower() in _this_machine()
+
+
+def default_python(address: str | None) -> str:
+    """The interpreter a job runs with when ``--python`` is not given: on a cluster on this
+    machine, the one submitting (``ray start`` from a venv has its packages; the system's
+    ``python`` usually has none), elsewhere ``python`` on the nodes' PATH."""
+    return sys.executable if is_local_address(address) else "python"
+
+
+MISSING_MODULE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'")
+
+
+def missing_module_hint(logs: str, python: str) -> str | None:
+    """One line naming the option that fixes a job whose interpreter lacks reid's packages."""
+    m = MISSING_MODULE.search(logs or "")
+    if not m:
+        return None
+    return (
+        f"the job's interpreter ({python}) has no module '{m.group(1)}': pass --python with the path "
+        "of a python that has reid installed on the cluster's nodes (e.g. its venv's bin/python), "
+        "or run there from an image with reid installed (--code image)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +345,11 @@ def submit(
         info = cl.get_job_info(sid)
         message = (info.message or "").strip().splitlines()[0] if info.message else ""
         echo(f"[reid] {sid}: {status}" + (f" ({message})" if message and status != "SUCCEEDED" else ""))
+        hint = (
+            missing_module_hint(_job_logs(cl, sid, info.message), spec.python) if status == "FAILED" else None
+        )
+        if hint:  # a retry would fail the same way
+            return Outcome(sid, status, tries, hint)
         if status == "SUCCEEDED" or status == "STOPPED" or tries > retries:
             return Outcome(sid, status, tries, message)
         attempt += 1
@@ -326,20 +372,51 @@ def _submit_one(cl, spec: JobSpec, sid: str, attempt: int) -> None:
         **spec.metadata,
     }
     try:
-        cl.submit_job(
-            entrypoint=spec.entrypoint,
-            submission_id=sid,
-            runtime_env=spec.runtime_env,
-            metadata=metadata,
-            entrypoint_num_cpus=spec.num_cpus,
-            entrypoint_num_gpus=spec.num_gpus,
-            entrypoint_memory=spec.memory,
-            entrypoint_resources=spec.resources or None,
+        retry_while_no_agent(
+            lambda: cl.submit_job(
+                entrypoint=spec.entrypoint,
+                submission_id=sid,
+                runtime_env=spec.runtime_env,
+                metadata=metadata,
+                entrypoint_num_cpus=spec.num_cpus,
+                entrypoint_num_gpus=spec.num_gpus,
+                entrypoint_memory=spec.memory,
+                entrypoint_resources=spec.resources or None,
+            )
         )
     except RuntimeError as e:
+        if _NO_AGENT in str(e):
+            raise ReidError(
+                f"the cluster has no job agent after {AGENT_WAIT_S:g} s (just started, or its head is "
+                "unhealthy): check `ray status` on the head and submit again"
+            ) from e
         if "already exists" in str(e):  # a concurrent submit of the same work got there first
             raise ReidError(_already_running(sid, "submitted")) from e
         raise ReidError(f"the cluster refused {sid}: {_last_line(str(e))}") from e
+
+
+def _job_logs(cl, sid: str, message: str | None) -> str:
+    """A failed job's logs (Ray puts their tail in its message too)."""
+    try:
+        return (message or "") + "\n" + cl.get_job_logs(sid)
+    except (RuntimeError, OSError):
+        return message or ""
+
+
+def retry_while_no_agent(call: Callable[[], str], wait_s: float = AGENT_WAIT_S, first_s: float = 0.5) -> str:
+    """``call()`` (a submission), tried again with backoff for up to ``wait_s`` seconds while the
+    cluster says it has no job agent yet (a cluster just started); any other error at once."""
+    deadline = time.monotonic() + wait_s
+    pause = first_s
+    while True:
+        try:
+            return call()
+        except RuntimeError as e:  # what the Jobs SDK raises for an HTTP error
+            left = deadline - time.monotonic()
+            if _NO_AGENT not in str(e) or left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
 
 
 def _last_line(text: str) -> str:

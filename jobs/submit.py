@@ -292,7 +292,11 @@ def register(app: typer.Typer) -> None:
             help="workdir (upload this checkout) | packages | image (the cluster's image has the wheel)",
         ),
         env: list[str] = typer.Option(None, "--env", help="NAME=VALUE for the job (no secrets); repeatable"),
-        python: str = typer.Option("python", help="python on the cluster's nodes"),
+        python: str = typer.Option(
+            None,
+            help="python on the cluster's nodes (default: this interpreter when the cluster runs on "
+            "this machine, else python)",
+        ),
         entrypoint_num_cpus: float = typer.Option(None, help="CPUs reserved for the job's driver"),
         entrypoint_num_gpus: float = typer.Option(None, help="GPUs reserved for the job's driver"),
         entrypoint_memory: int = typer.Option(None, help="memory (bytes) reserved for the job's driver"),
@@ -312,7 +316,7 @@ def register(app: typer.Typer) -> None:
             code=code,
             env_vars=_parse_env(env),
             check_inputs=check_inputs,
-            python=python,
+            python=python or jobs_api.default_python(address),
             num_cpus=entrypoint_num_cpus,
             num_gpus=entrypoint_num_gpus,
             memory=entrypoint_memory,

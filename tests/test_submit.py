@@ -79,7 +79,7 @@ def test_unreachable_address_is_one_line_and_fast(photos, tmp_path):
 def test_missing_input_bad_config_and_relative_paths_fail_before_submission(photos, tmp_path):
     with pytest.raises(ReidError, match=r"input src /no/such/folder does not exist"):
         prepare("ingest", ["/no/such/folder", str(tmp_path / "out")])
-    with pytest.raises(ReidError, match="bad embed options.*batch_size"):  # the job's own validation
+    with pytest.raises(ReidError, match=r"reid embed: --batch-size 0: out of range"):  # the job's own validation
         prepare("embed", [str(photos), "--model", "timm:resnet18", "--out", "/x", "--batch-size", "0"])
     with pytest.raises(ReidError, match="Missing option '--model'"):
         prepare("embed", [str(photos), "--out", "/x"])
@@ -145,6 +145,64 @@ def test_dashboard_address_forms(monkeypatch):
     for bad in ("ray://head:10001", "http://head:6379"):
         with pytest.raises(ReidError):
             jobs_api.dashboard_address(bad)
+
+
+def test_interpreter_defaults_to_this_one_for_a_cluster_on_this_machine(monkeypatch):
+    """`ray start --head` from a venv, then `reid submit`: the job runs with the submitting python
+    (the system's ``python`` lacks typer); a remote cluster keeps ``python`` from its nodes' PATH."""
+    monkeypatch.delenv("REID_DASHBOARD", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for here in (None, "http://127.0.0.1:8265", "localhost:8265", f"http://{socket.gethostname()}:8265"):
+        assert jobs_api.default_python(here) == sys.executable, here
+    assert jobs_api.default_python("http://192.0.2.77:8265") == "python"  # TEST-NET-1: never this host
+    spec, _ = prepare("synth", ["/tmp/reid-never-written", "--individuals", "2"], python=sys.executable)
+    assert spec.entrypoint.startswith(f"{sys.executable} -m jobs.cli synth ")
+
+
+def test_a_job_without_reid_packages_names_the_option_that_fixes_it():
+    logs = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'typer'\n"
+    hint = jobs_api.missing_module_hint(logs, "python")
+    assert "no module 'typer'" in hint and "--python" in hint and "\n" not in hint
+    assert jobs_api.missing_module_hint("embedded 8", "python") is None
+
+
+def _dashboard_without_agent(failures: int):
+    """What JobSubmissionClient.submit_job does on a fresh head: its own RuntimeError for the 503
+    (`Request failed with status code 503: No available agent ...`), ``failures`` times."""
+    from ray.dashboard.modules.dashboard_sdk import SubmissionClient
+
+    class Response:
+        status_code = 503
+        text = "No available agent to submit job, please try again later."
+
+    calls = []
+
+    def submit_job() -> str:
+        calls.append(time.monotonic())
+        if len(calls) <= failures:
+            SubmissionClient._raise_error(None, Response())
+        return "reid-synth-0123456789ab"
+
+    return submit_job, calls
+
+
+def test_first_submit_after_ray_start_waits_for_the_job_agent():
+    submit_job, calls = _dashboard_without_agent(failures=3)
+    assert jobs_api.retry_while_no_agent(submit_job, wait_s=10, first_s=0.01) == "reid-synth-0123456789ab"
+    assert len(calls) == 4 and calls[-1] - calls[0] < 5  # backoff 0.01, 0.02, 0.04 s
+    submit_job, calls = _dashboard_without_agent(failures=1000)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="No available agent"):
+        jobs_api.retry_while_no_agent(submit_job, wait_s=0.3, first_s=0.05)
+    assert 0.3 <= time.monotonic() - t0 < 2 and len(calls) > 2  # bounded, then the error
+
+    def other_error() -> str:
+        raise RuntimeError("Request failed with status code 400: bad runtime_env.")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="400"):
+        jobs_api.retry_while_no_agent(other_error, wait_s=10)
+    assert time.monotonic() - t0 < 0.5  # other refusals are not retried
 
 
 # --------------------------------------------------------------------------------------------
