@@ -284,10 +284,8 @@ def test_train_on_relative_paths(work, tmp_path):
     shutil.copytree(work / "arch", tmp_path / "arch")
     rc, out, err, _ = reid("train", "arch", "--out", "model", *TINY_TRAIN, cwd=tmp_path, timeout=900)
     assert rc == 0, err[-3000:]
-    # Ray Train v2's PlacementGroupCleaner thread logs its own traceback when the dashboard (state
-    # API) is off; that one is Ray's, not the job's. Nothing else may print one.
-    ours = [ln for ln in err.splitlines() if "Traceback" in ln and "PlacementGroupCleaner" not in ln]
-    assert ours == [] and "not found" not in err, err[-3000:]
+    # no traceback at all: Ray's own (PlacementGroupCleaner's, dashboard off) stays in its logs
+    assert "Traceback" not in err and "not found" not in err, err[-3000:]
     m = _strict((tmp_path / "model" / "_manifest.json").read_text())
     assert m["config"]["archive"] == str(tmp_path / "arch") and m["config"]["out"] == str(tmp_path / "model")
     history = _strict((tmp_path / "model" / "history.json").read_text())
