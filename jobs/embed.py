@@ -92,7 +92,7 @@ def plan_units(archive_uri: str) -> list[dict]:
     for f in archive.archive_files(archive_uri):
         fs, path = storage.resolve(f)
         md = pq.ParquetFile(fs.open_input_file(path))
-        archive._validate_projection(md.schema_arrow, ["image", "bbox", *CARRIED_COLUMNS], f)
+        archive.validate_projection(md.schema_arrow, ["image", "bbox", *CARRIED_COLUMNS], f)
         rel = f[len(archive_uri.rstrip("/")) :].lstrip("/")
         for rg in range(md.metadata.num_row_groups):
             units.append(

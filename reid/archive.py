@@ -137,7 +137,7 @@ def read_archive(uri: str, columns: list[str] | None = None, check_ids: bool = T
             present = set(pq.read_schema(path, filesystem=fs).names)
             want = [c for c in _with_id(columns) if c in present or c not in OPTIONAL_ARCHIVE_COLUMNS]
             t = storage.read_parquet(f, columns=want)
-            _validate_projection(t.schema, columns, f)
+            validate_projection(t.schema, columns, f)
         tables.append(_fill_optional(t, columns))
     table = pa.concat_tables(tables, promote_options="permissive")
     if check_ids:
@@ -163,7 +163,9 @@ def _fill_optional(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table
 
 
-def _validate_projection(schema: pa.Schema, columns: list[str], source: str) -> None:
+def validate_projection(schema: pa.Schema, columns: list[str], source: str) -> None:
+    """Check the archive columns a reader asks for (plus ``image_id``) against a file's schema,
+    so a partial read refuses a wrong file as clearly as a full one."""
     sub = pa.schema([ARCHIVE_SCHEMA.field(c) for c in _with_id(columns) if c in ARCHIVE_SCHEMA.names])
     from reid.schema import _check_fields  # one checker for whole and projected reads
 
@@ -219,7 +221,7 @@ def iter_rows(uri: str, columns: list[str] | None = None, batch_size: int = 64) 
     for f in archive_files(uri):
         fs, path = storage.resolve(f)
         pf = pq.ParquetFile(fs.open_input_file(path))
-        validate_archive(pf.schema_arrow, f) if columns is None else _validate_projection(
+        validate_archive(pf.schema_arrow, f) if columns is None else validate_projection(
             pf.schema_arrow, columns, f
         )
         present = set(pf.schema_arrow.names)
@@ -268,5 +270,6 @@ __all__ = [
     "row_too_big",
     "stable_id",
     "update_rows",
+    "validate_projection",
     "write_rejects",
 ]

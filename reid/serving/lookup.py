@@ -30,7 +30,7 @@ class ArchiveLookup:
                 fs, path = storage.resolve(f)
                 with fs.open_input_file(path) as fh:
                     pf = pq.ParquetFile(fh)
-                    archive._validate_projection(pf.schema_arrow, ["image", "bbox"], f)
+                    archive.validate_projection(pf.schema_arrow, ["image", "bbox"], f)
                     fi = len(self.files)
                     self.files.append(f)
                     for rg in range(pf.metadata.num_row_groups):
