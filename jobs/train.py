@@ -531,6 +531,7 @@ class Session:
         """Leave-one-out retrieval on the held-out individuals; the same dict on every worker."""
         if self.val_ds is None:
             return {}
+        from reid.evaluation import validation_exclusion
         from reid.metrics import retrieval_metrics
 
         idx, emb = self.embed_val()
@@ -545,7 +546,10 @@ class Session:
             full = np.zeros((len(self.val_ds), self.spec.embedding_dim), np.float32)
             for i, e in parts:
                 full[i] = e
-            exclude = _exclusion(self.plan.split.val, self.val_ds.image_ids, self.cfg)
+            exclude = validation_exclusion(
+                self.plan.split.val, self.val_ds.image_ids, self.cfg.val_exclude, self.cfg.burst_seconds,
+                self.cfg.val_same_viewpoint,
+            )  # fmt: skip
             m = retrieval_metrics(
                 full, np.asarray(self.val_ds.individuals, dtype=object), exclude=exclude,
                 query_ids=self.val_ds.image_ids,
@@ -599,68 +603,6 @@ def _classification() -> tuple[str, ...]:
     from reid.losses import CLASSIFICATION_LOSSES
 
     return CLASSIFICATION_LOSSES
-
-
-DENSE_EXCLUDE_MAX = 20_000  # validation sets up to this size get a dense [N, N] mask; larger, id pairs
-
-
-def _exclusion(val_table, image_ids: list[str], cfg: TrainConfig):
-    """Pairs of validation images to ignore: near-duplicates from one burst (same camera, within
-    ``burst_seconds``) or one day, which would otherwise make retrieval look easier than it is,
-    and (``val_same_viewpoint``) pairs of opposite flanks.
-
-    Returns a boolean [N, N] mask, a list of (image_id, image_id) pairs for large sets, a
-    :class:`reid.metrics.KeyMismatch` wrapping either, or None.
-    """
-    if not image_ids:
-        return None
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    meta = val_table.select(["image_id", "camera_id", "captured_at", "viewpoint"])
-    meta = meta.take(pc.index_in(pa.array(image_ids, pa.string()), meta.column("image_id")))
-    near = _near_duplicates(meta, image_ids, cfg)
-    views = np.array(meta.column("viewpoint").to_pylist(), dtype=object)
-    if cfg.val_same_viewpoint and any(v is not None for v in views):
-        from reid.metrics import KeyMismatch
-
-        return KeyMismatch(views, None, also=near)
-    return near
-
-
-def _near_duplicates(meta, image_ids: list[str], cfg: TrainConfig):
-    if cfg.val_exclude == "none":
-        return None
-    import pyarrow as pa
-
-    ts = meta.column("captured_at")
-    known = np.asarray(ts.is_valid())
-    t = np.asarray(ts.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
-    if cfg.val_exclude == "day":
-        keys = np.where(known, t // 86_400_000_000, -1).astype(object)
-        window = 0
-    else:
-        keys = np.asarray([str(c) for c in meta.column("camera_id").to_pylist()], dtype=object)
-        window = int(cfg.burst_seconds * 1e6)
-    rows, cols = [], []
-    for key in set(keys[known].tolist()):
-        members = np.flatnonzero(known & (keys == key))
-        members = members[np.argsort(t[members], kind="stable")]
-        times = t[members] if window else np.zeros(len(members), np.int64)
-        lo = np.searchsorted(times, times - window, side="left")
-        hi = np.searchsorted(times, times + window, side="right")
-        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-            rows += [members[i]] * (b - a)
-            cols += members[a:b].tolist()
-    pairs = [(r, c) for r, c in zip(rows, cols, strict=True) if r != c]
-    if not pairs:
-        return None
-    if len(image_ids) > DENSE_EXCLUDE_MAX:
-        return [(image_ids[r], image_ids[c]) for r, c in pairs]
-    mask = np.zeros((len(image_ids), len(image_ids)), dtype=bool)
-    r, c = np.asarray(pairs).T
-    mask[r, c] = True
-    return mask
 
 
 # ------------------------------------------------------------------------------- worker (Ray)

@@ -10,7 +10,8 @@ Three protocols (DESIGN.md, step 6):
   queries whose individual never appears before the cutoff are the new individuals.
 
 Optional exclusions remove near-duplicates of a query from its ranking: the same burst (same
-camera, within ``burst_seconds``) or the same day. The numbers themselves come from
+camera, within ``burst_seconds``) or the same day, by the rules of :mod:`reid.sightings` (training
+validation uses them too, through :func:`validation_exclusion`). The numbers themselves come from
 :mod:`reid.metrics`, the module training validation uses too.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid import manifest, metrics, storage
+from reid import manifest, metrics, sightings, storage
 from reid.errors import ReidError
 from reid.schema import check_unique, validate_embeddings
 
@@ -318,34 +319,20 @@ def n_excluded(exclude) -> int:
 
 
 def _time_mask(data: EvalData, protocol: Protocol, same_burst: bool, same_day: bool, burst_seconds: float):
+    """The same-burst and same-day pairs of :mod:`reid.sightings` as a sparse [Q, G] mask."""
     if not (same_burst or same_day):
         return None
     from scipy import sparse
 
     q, g = protocol.query, protocol.gallery_rows
-    tq, tg = data.captured_at[q], data.captured_at[g]
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
+    queries, gallery = sighting_table(data, q), sighting_table(data, g)
+    pairs = []
     if same_day:
-        dq, dg = tq.astype("datetime64[D]"), tg.astype("datetime64[D]")
-        _pairs_by_key(dq, dg, ~np.isnat(dq), ~np.isnat(dg), rows, cols)
+        pairs.append(sightings.same_day(queries, gallery))
     if same_burst:
-        cam_q = np.array([str(c) for c in data.camera_id[q]], dtype=object)
-        cam_g = np.array([str(c) for c in data.camera_id[g]], dtype=object)
-        window = np.int64(round(burst_seconds * 1e6))
-        iq, ig = tq.astype(np.int64), tg.astype(np.int64)
-        ok_q, ok_g = ~np.isnat(tq), ~np.isnat(tg)
-        for cam in np.intersect1d(np.unique(cam_q[ok_q]), np.unique(cam_g[ok_g])):
-            qi = np.flatnonzero(ok_q & (cam_q == cam))
-            gi = np.flatnonzero(ok_g & (cam_g == cam))
-            gi = gi[np.argsort(ig[gi], kind="stable")]
-            lo = np.searchsorted(ig[gi], iq[qi] - window, side="left")
-            hi = np.searchsorted(ig[gi], iq[qi] + window, side="right")
-            n = hi - lo
-            rows.append(np.repeat(qi, n))
-            cols.append(gi[_ranges(lo, n)])
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        pairs.append(sightings.same_burst(queries, gallery, burst_seconds))
+    r = np.concatenate([p[0] for p in pairs])
+    c = np.concatenate([p[1] for p in pairs])
     other = data.ids[q][r] != data.ids[g][c]  # an image and itself: never a candidate anyway
     r, c = r[other], c[other]
     mask = sparse.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(len(q), len(g)), dtype=bool)
@@ -353,26 +340,51 @@ def _time_mask(data: EvalData, protocol: Protocol, same_burst: bool, same_day: b
     return mask
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for each (s, n)."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return offsets + np.arange(total)
+def sighting_table(data: EvalData, rows: np.ndarray) -> pa.Table:
+    """The camera and capture time of some rows, as the :mod:`reid.sightings` rules read them."""
+    return pa.table(
+        {
+            "camera_id": pa.array(data.camera_id[rows], pa.string()),
+            "captured_at": pa.array(data.captured_at[rows], pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
-def _pairs_by_key(kq, kg, ok_q, ok_g, rows: list, cols: list) -> None:
-    """All (query, gallery) pairs with equal keys."""
-    gi_all = np.flatnonzero(ok_g)
-    order = gi_all[np.argsort(kg[gi_all], kind="stable")]
-    sorted_keys = kg[order]
-    qi = np.flatnonzero(ok_q)
-    lo = np.searchsorted(sorted_keys, kq[qi], side="left")
-    hi = np.searchsorted(sorted_keys, kq[qi], side="right")
-    n = hi - lo
-    rows.append(np.repeat(qi, n))
-    cols.append(order[_ranges(lo, n)])
+DENSE_EXCLUDE_MAX = 20_000  # validation sets up to this size get a dense [N, N] mask; larger, id pairs
+
+
+def validation_exclusion(
+    meta: pa.Table,
+    image_ids: list[str],
+    rule: str = "burst",
+    burst_seconds: float = 60.0,
+    same_viewpoint: bool = False,
+    dense_max: int = DENSE_EXCLUDE_MAX,
+):
+    """Pairs of training-validation images (leave-one-out over ``image_ids``) to ignore: one
+    sighting's near-duplicates by ``rule`` ("burst", "day" or "none", see :mod:`reid.sightings`),
+    which would make retrieval look easier than it is, and (``same_viewpoint``) opposite flanks.
+
+    ``meta`` holds the images' ``image_id``, ``camera_id``, ``captured_at`` and ``viewpoint`` in
+    any order. Returns a boolean [N, N] mask (N <= ``dense_max``), a list of (image_id, image_id)
+    pairs for larger sets, a :class:`reid.metrics.KeyMismatch` wrapping either, or None.
+    """
+    if not image_ids:
+        return None
+    meta = meta.select(["image_id", "camera_id", "captured_at", "viewpoint"])
+    meta = meta.take(pc.index_in(pa.array(image_ids, pa.string()), meta.column("image_id")))
+    near = None
+    if rule != "none":
+        r, c = sightings.same_day(meta) if rule == "day" else sightings.same_burst(meta, None, burst_seconds)
+        if len(r) and len(image_ids) > dense_max:
+            near = [(image_ids[i], image_ids[j]) for i, j in zip(r.tolist(), c.tolist(), strict=True)]
+        elif len(r):
+            near = np.zeros((len(image_ids), len(image_ids)), dtype=bool)
+            near[r, c] = True
+    views = np.array(meta.column("viewpoint").to_pylist(), dtype=object)
+    if same_viewpoint and any(v is not None for v in views):
+        return metrics.KeyMismatch(views, None, also=near)
+    return near
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,7 +530,7 @@ def pair_scores(
     keep = min(1.0, max_pairs / max(1, total))
     block = max(1, min(1024, (1 << 24) // max(1, len(ge))))
     qids = list(qi) if qi is not None and gindex is not None else None
-    for q0, q1, sim, ignore in metrics._masked_blocks(qe, ge, "cosine", loo, qids, gindex, exclude, block):
+    for q0, q1, sim, ignore in metrics.masked_blocks(qe, ge, "cosine", loo, qids, gindex, exclude, block):
         pos = (ql[q0:q1, None] == gl[None, :]) & ~ignore
         neg = ~pos & ~ignore
         same.append(sim[pos])

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reid import index as rindex
+from reid import sightings
 from reid.errors import ConfigError
 from reid.schema import MATCHES_SCHEMA
 
-US_PER_DAY = 86_400_000_000
 GPU_MAX_K = 2048
 MATCH_COLUMNS = MATCHES_SCHEMA.names + ["query_survey", "neighbor_survey", "neighbor_individual_id"]
 MATCHES_OUT_SCHEMA = pa.schema(
@@ -47,7 +47,8 @@ PROPOSED_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Exclusions:
-    """Which neighbours a query may not match: itself, its burst (camera + UTC day), its survey."""
+    """Which neighbours a query may not match: itself, its camera-day (:func:`reid.sightings.same_camera_day`:
+    same camera, same UTC day), its survey."""
 
     self_match: bool = True
     same_camera_day: bool = False
@@ -69,21 +70,6 @@ def _column(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
     return (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).cast(type_)
 
 
-def camera_day(table: pa.Table) -> pa.Array:
-    """``camera_id|UTC day number`` per row (null when either is unknown): a burst proxy."""
-    ts = _column(table, "captured_at", pa.timestamp("us", tz="UTC"))
-    days = pc.cast(
-        pc.floor(
-            pc.divide(
-                pc.cast(pc.cast(ts, pa.timestamp("us")), pa.int64()).cast(pa.float64()), float(US_PER_DAY)
-            )
-        ),
-        pa.int64(),
-    )
-    cam = _column(table, "camera_id", pa.string())
-    return pc.binary_join_element_wise(cam, pc.cast(days, pa.string()), "|")
-
-
 def _encode(values: pa.Array, dictionary: pa.Array | None = None) -> tuple[pa.Array, np.ndarray]:
     """Integer codes for ``values`` (-1 for null or absent from ``dictionary``)."""
     if dictionary is None:
@@ -100,12 +86,12 @@ class GalleryMeta:
 
     def __init__(self, ids: pa.Table):
         self.image_id = _column(ids, "image_id", pa.string())
-        self.cam_dict, self.cam = _encode(camera_day(ids))
+        self.cam_dict, self.cam = _encode(sightings.camera_day_key(ids))
         self.survey_dict, self.survey = _encode(_column(ids, "survey", pa.string()))
 
     def query_codes(self, queries: pa.Table) -> dict[str, np.ndarray]:
         _, self_row = _encode(_column(queries, "image_id", pa.string()), self.image_id)
-        _, cam = _encode(camera_day(queries), self.cam_dict)
+        _, cam = _encode(sightings.camera_day_key(queries), self.cam_dict)
         _, survey = _encode(_column(queries, "survey", pa.string()), self.survey_dict)
         return {"self": self_row, "cam": cam, "survey": survey}
 
@@ -115,7 +101,7 @@ class GalleryMeta:
         safe = np.where(ok, ids, 0)
         if exclude.self_match:
             ok &= ids != codes["self"][:, None]
-        if exclude.same_camera_day:
+        if exclude.same_camera_day:  # equal camera_day_key: reid.sightings.same_camera_day
             q = codes["cam"][:, None]
             ok &= ~((q >= 0) & (self.cam[safe] == q))
         if exclude.same_survey:

@@ -7,7 +7,7 @@ queries, so memory stays O(block x gallery) rather than O(queries x gallery).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +101,18 @@ def _check_exclude(exclude, n_query: int, n_gallery: int) -> None:
         raise ReidError(f"exclude mask has shape {exclude.shape}, expected {(n_query, n_gallery)}")
 
 
-def _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude, block: int | None = None):
-    """Query blocks of the similarity matrix, with what each query must not match set to -inf.
+def masked_blocks(
+    q: np.ndarray,
+    g: np.ndarray,
+    metric: str,
+    loo: bool,
+    qids: Sequence | None,
+    gallery_index: dict | None,
+    exclude: object,
+    block: int | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Query blocks of the similarity matrix, with what each query must not match set to -inf
+    (the one masking rule of the metrics here and of :func:`reid.evaluation.pair_scores`).
 
     ``block`` (queries per block) defaults to what keeps [block, gallery] arrays bounded. Yields
     ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
@@ -188,7 +198,7 @@ def retrieval_metrics(
     n_valid = 0
     n_no_pos = 0
     kmax = ks[-1]
-    for q0, q1, sim, ignore in _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
+    for q0, q1, sim, ignore in masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
         order = np.argsort(-sim, axis=1, kind="stable")
         rel = (gc[order] == qc[q0:q1, None]) & ~np.take_along_axis(ignore, order, axis=1)
         n_pos = rel.sum(1)
@@ -272,7 +282,7 @@ def nearest(
     idx_out = np.full((len(q), k), -1, dtype=np.int64)
     score_out = np.full((len(q), k), -np.inf, dtype=np.float32)
     n_pos = np.zeros(len(q), dtype=np.int64) if codes_q is not None else None
-    for q0, q1, sim, ignore in _masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
+    for q0, q1, sim, ignore in masked_blocks(q, g, metric, loo, qids, gallery_index, exclude):
         sim = sim.astype(np.float32)
         if n_pos is not None:
             n_pos[q0:q1] = ((codes_g[None, :] == codes_q[q0:q1, None]) & ~ignore).sum(1)

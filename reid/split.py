@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reid import storage
+from reid import sightings, storage
 from reid.errors import ConfigError, ReidError
 
 KINDS = ("identity", "open", "closed", "closed-photo", "time")
@@ -59,14 +59,7 @@ SPLIT_SCHEMA = pa.schema(
 )
 
 
-def group_key(
-    individual_id: str | None, camera_id: str | None, captured_at, survey: str | None
-) -> str | None:
-    """The sighting group of an image: same individual, camera and calendar day (UTC)."""
-    if individual_id is None:
-        return None
-    when = captured_at.date().isoformat() if captured_at is not None else f"survey:{survey}"
-    return f"{individual_id}|{camera_id or ''}|{when}"
+group_key = sightings.sighting_group  # the sighting group of an image (individual, camera, UTC day)
 
 
 def _survey_order(values: list[str], cutoff: str) -> tuple[list[str], Callable[[str], bool]]:

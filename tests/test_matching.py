@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from reid import index as rindex
-from reid import matching
+from reid import matching, sightings
 from reid.errors import ConfigError
 from tests.test_index import assert_same_knn, brute_force, grid_vectors
 
@@ -134,7 +134,7 @@ def test_camera_day_key():
             ),
         }
     )
-    keys = matching.camera_day(t).to_pylist()
+    keys = sightings.camera_day_key(t).to_pylist()
     assert keys[0] == keys[1] and keys[2] is None and keys[3] is None
 
 
