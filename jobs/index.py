@@ -21,12 +21,13 @@ import pyarrow.compute as pc
 import typer
 from pydantic import Field, field_validator
 
-from jobs.common import Input, JobConfig, Output, check_locations, options_error, print_summary
+from jobs.common import Input, JobConfig, Output, check_locations, knn, options_error, print_summary, ray_get
 from reid import index as rindex
 from reid import manifest, matching, storage
 from reid.errors import ConfigError, ReidError
 from reid.index import IndexInfo, RowRange, ShardInfo
 from reid.schema import CARRIED_COLUMNS, check_unique
+from reid.search import Block, embeddings_ranges, gallery_table
 
 JOB = "index"
 SAMPLE_CHUNK = 256  # rows per randomly chosen chunk when sampling (few row-group reads)
@@ -70,8 +71,6 @@ class IndexConfig(JobConfig):
 
 def plan_inputs(inputs: list[str]) -> dict:
     """Every input's row ranges, the common dim and model_id; refuses mixes and duplicate ids."""
-    from jobs.match import embeddings_ranges
-
     ranges, dims, models, ids, rows = [], {}, {}, [], {}
     for uri in inputs:
         r, dim, model_id = embeddings_ranges(uri)
@@ -178,27 +177,12 @@ def build_task(
     return len(table)
 
 
-def _get(refs):
-    """ray.get that re-raises a user error from a task as itself (one clear CLI line)."""
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, ReidError):
-            raise cause from None
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # Calibration
 
 
 def calibrate(cfg: IndexConfig, info: IndexInfo, gpu: bool | None) -> dict:
     """Threshold for the target false-new rate, on labelled images whose individual has others."""
-    from jobs.match import Block, gallery_table, knn
-
     if cfg.calibration_queries == 0:
         return {"threshold": None, "reason": "calibration turned off"}
     gallery = gallery_table(info)
@@ -304,7 +288,7 @@ def run(cfg: IndexConfig) -> dict:
         if not storage.exists(trained_uri):
             sample = sample_chunks(plan["ranges"], None, want, cfg.seed)
             train = ray.remote(train_task).options(**task)
-            _get(train.remote(factory, dim, sample, want, trained_uri, bool(n_gpus), cfg.seed))
+            ray_get(train.remote(factory, dim, sample, want, trained_uri, bool(n_gpus), cfg.seed))
         timings["train_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -314,7 +298,7 @@ def run(cfg: IndexConfig) -> dict:
         build.remote(vuri, s.name, s.ranges, trained_uri, factory, dim, plan["model_id"], bool(n_gpus))
         for s in todo
     ]
-    _get(refs)
+    ray_get(refs)
     timings["build_s"] = round(time.perf_counter() - t, 3)
 
     info = IndexInfo(

@@ -1,9 +1,11 @@
 """`reid match INDEX --out MATCHES [--k 10] [--query EMBEDDINGS]`: sharded all-vs-all k-NN.
 
-Work = (shard x query block) Ray tasks: a read task loads each block of queries once from the
-embeddings files into the object store, and every search task takes one block and one shard
-(kept loaded in the worker between tasks, on a GPU when the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it
-holds O(block*k) per block in flight (O(N*k) at most) and nobody builds the dense N x N matrix. Each finished block is committed as
+Work = (shard x query block) Ray tasks (:func:`jobs.common.knn` running :mod:`reid.search`): a read
+task loads each block of queries once from the embeddings files into the object store, and every
+search task takes one block and one shard (kept loaded in the worker between tasks, on a GPU when
+the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it holds
+O(block*k) per block in flight (O(N*k) at most) and nobody builds the dense N x N matrix. Each
+finished block is committed as
 ``matches/part-<block>.parquet`` (a re-run skips them); decisions, proposed new individuals and
 the population tables follow; ``_manifest.json`` is written last.
 
@@ -20,30 +22,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import typer
 from pydantic import Field
 
-from jobs.common import Input, JobConfig, Output, check_locations, options_error, print_summary, progress
+from jobs.common import Input, JobConfig, Output, check_locations, knn, options_error, print_summary
 from reid import index as rindex
 from reid import manifest, matching, population, storage
-from reid.errors import ConfigError, ReidError
-from reid.index import IndexInfo, RowRange
-from reid.schema import validate_embeddings
+from reid.index import IndexInfo
+from reid.search import Block, blocks_from_ranges, embeddings_ranges, gallery_table
 
 JOB = "match"
 PLAN = "_plan.json"
-QUERY_COLUMNS = ["image_id", "embedding", "model_id", "individual_id", "survey", "captured_at", "camera_id"]
-META_COLUMNS = ["image_id", "individual_id", "survey", "captured_at", "camera_id"]
 
 
 class MatchConfig(JobConfig):
@@ -73,229 +66,7 @@ class MatchConfig(JobConfig):
 
 
 # --------------------------------------------------------------------------------------------
-# Query blocks and the (shard x block) search tasks (shared with `reid index`, which calibrates with them)
-
-
-@dataclass
-class Block:
-    """A block of queries: rows of embeddings files, optionally only some of them (``rows``)."""
-
-    id: int
-    ranges: list[RowRange]
-    rows: list[int] | None = None
-    n: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n = len(self.rows) if self.rows is not None else sum(r.rows for r in self.ranges)
-
-
-def read_block(block: Block, model_id: str) -> tuple[np.ndarray, pa.Table]:
-    """A block's query vectors and metadata; refuses another model's rows by name."""
-    tables = [rindex.read_range(r, QUERY_COLUMNS) for r in block.ranges]
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in QUERY_COLUMNS})
-    if block.rows is not None:
-        table = table.take(pa.array(block.rows, pa.int64()))
-    other = table.filter(pc.not_equal(table.column("model_id"), model_id))
-    if len(other):
-        raise ReidError(
-            f"{block.ranges[0].uri}: model_id {other.column('model_id')[0].as_py()!r} differs from the "
-            f"index's {model_id!r}; match embeddings of the index's model (or rebuild the index)"
-        )
-    vectors = rindex.vectors_of(table)
-    rindex.check_normalised(vectors, block.ranges[0].uri if block.ranges else "queries")
-    return vectors, table.select(META_COLUMNS)
-
-
-def blocks_from_ranges(ranges: list[RowRange], size: int) -> list[Block]:
-    return [Block(i, group) for i, group in enumerate(rindex.split_ranges(ranges, size))]
-
-
-# Per worker process: the last few shards loaded (Ray reuses task workers, so consecutive
-# (shard x block) tasks on a worker find their shard here instead of reading it again).
-_SHARDS: OrderedDict = OrderedDict()
-SHARD_CACHE = int(os.environ.get("REID_SHARD_CACHE", "2"))
-
-
-def _cached_shard(index_uri: str, version: str, s: int, gpu: bool):
-    key = (index_uri, version, s, gpu)
-    if key in _SHARDS:
-        _SHARDS.move_to_end(key)
-        return _SHARDS[key], 0.0
-    t0 = time.perf_counter()
-    info = rindex.read_info(index_uri, version)
-    index, ids = rindex.load_shard(info, s, gpu=gpu)
-    _SHARDS[key] = (index, matching.GalleryMeta(ids), info.shards[s].offset, info.model_id)
-    while len(_SHARDS) > max(1, SHARD_CACHE):
-        _SHARDS.popitem(last=False)
-    return _SHARDS[key], time.perf_counter() - t0
-
-
-def read_task(block: Block, model_id: str):
-    """Read a block of queries once; its (shard x block) search tasks share it via the object store."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    data = read_block(block, model_id)
-    return data, {"read_s": time.perf_counter() - t0, "read_cpu_s": time.process_time() - c0}
-
-
-def search_task(
-    index_uri: str, version: str, shard: int, block_id: int, data, k: int, exclude, nprobe, gpu: bool
-):
-    """One (shard x query block) task: the block's top-k in the shard, as global ids."""
-    c0 = time.process_time()
-    rindex.set_threads(1)
-    (index, gallery, offset, _), load_s = _cached_shard(index_uri, version, shard, gpu)
-    vectors, meta = data
-    t1, c1 = time.perf_counter(), time.process_time()
-    d, i = matching.search_shard(index, vectors, k, meta, gallery, exclude, nprobe)
-    timing = {
-        "load_s": load_s,
-        "search_s": time.perf_counter() - t1,
-        "search_cpu_s": time.process_time() - c1,
-        "cpu_s": time.process_time() - c0,
-    }
-    return block_id, meta if shard == 0 else None, d, matching.to_global(i, offset), timing
-
-
-def _unwrap(e: Exception) -> Exception:
-    """The user error inside a Ray task error, so the CLI prints one clear line."""
-    cause = getattr(e, "cause", None)
-    return cause if isinstance(cause, ReidError) else e
-
-
-def task_order(n_shards: int, blocks: list[Block], window: int) -> list[tuple[int, Block]]:
-    """(shard, block) pairs: windows of blocks, shard-major inside a window, so a worker keeps
-    searching the shard it has loaded while a window's blocks complete together."""
-    order = []
-    for lo in range(0, len(blocks), window):
-        order += [(s, b) for s in range(n_shards) for b in blocks[lo : lo + window]]
-    return order
-
-
-def knn(
-    info: IndexInfo,
-    blocks: list[Block],
-    k: int,
-    exclude: matching.Exclusions,
-    nprobe: int | None = None,
-    workers: int | None = None,
-    gpu: bool | None = None,
-    stats: dict | None = None,
-    desc: str = "match",
-    window: int = 16,
-) -> Iterator[tuple[Block, pa.Table, np.ndarray, np.ndarray]]:
-    """Yield (block, query metadata, scores [n,k], global ids [n,k]) as blocks complete.
-
-    Each block keeps a running top-k merged from its shards' results (memory O(block*k)).
-    """
-    import ray
-
-    from cluster.runtime import task_env
-
-    res = ray.cluster_resources()
-    n_gpus = int(res.get("GPU", 0)) if gpu is not False else 0
-    if gpu and not n_gpus:
-        raise ConfigError("--gpu was asked for, but the Ray cluster has no GPU")
-    n_workers = workers or (n_gpus or max(1, int(res.get("CPU", 1))))
-    n_shards = len(info.shards)
-    task = ray.remote(search_task).options(
-        num_cpus=1, num_gpus=1 if n_gpus else 0, runtime_env=task_env(), max_retries=2
-    )
-    reader = ray.remote(read_task).options(num_cpus=1, num_returns=2, runtime_env=task_env(), max_retries=2)
-    data: dict[int, object] = {}  # block id -> ref of (vectors, metadata), until the block completes
-    read_timings = []
-    by_id = {b.id: b for b in blocks}
-    best: dict[int, list] = {}  # block id -> [meta, scores, ids, shards done]
-    pending: dict = {}
-    todo = iter(task_order(n_shards, blocks, window))
-    timing = dict.fromkeys(["load_s", "search_s", "search_cpu_s", "cpu_s"], 0.0)  # summed over tasks
-    driver_cpu = time.process_time()
-    bar = progress(None, total=sum(b.n for b in blocks), desc=desc, unit="query")
-    try:
-        while True:
-            while len(pending) < 2 * n_workers:
-                nxt = next(todo, None)
-                if nxt is None:
-                    break
-                s, b = nxt
-                if b.id not in data:
-                    data[b.id], t = reader.remote(b, info.model_id)
-                    read_timings.append(t)
-                ref = task.remote(
-                    info.uri, info.version, s, b.id, data[b.id], k, exclude, nprobe, bool(n_gpus)
-                )
-                pending[ref] = b.id
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(ready[0])
-            try:
-                block_id, meta, d, g, t = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                raise _unwrap(e) from None
-            for key in timing:
-                timing[key] += t[key]
-            if block_id in best:
-                acc = best[block_id]
-                acc[1], acc[2] = matching.merge_topk([(acc[1], acc[2]), (d, g)], k)
-                acc[0] = meta if meta is not None else acc[0]
-                acc[3] += 1
-            else:
-                best[block_id] = [meta, d, g, 1]  # metadata comes with shard 0's result
-            if best[block_id][3] == n_shards:
-                meta, d, g, _ = best.pop(block_id)
-                data.pop(block_id, None)  # frees the block in the object store
-                bar.update(by_id[block_id].n)
-                yield by_id[block_id], meta, d, g
-    finally:
-        bar.close()
-        for ref in pending:
-            ray.cancel(ref)
-    if stats is not None:
-        timing["driver_cpu_s"] = time.process_time() - driver_cpu
-        reads = ray.get(read_timings)
-        timing["read_s"] = sum(r["read_s"] for r in reads)
-        timing["cpu_s"] += sum(r["read_cpu_s"] for r in reads)
-        stats.update({key: round(v, 3) for key, v in timing.items()})
-        stats.update(workers=n_workers, gpus=n_gpus)
-
-
-def gallery_table(info: IndexInfo) -> pa.Table:
-    """Every indexed image's id, label and survey, row = global id (O(N), not O(N*k))."""
-    cols = ["image_id", "individual_id", "survey"]
-    tables = [
-        storage.read_parquet(info.shard_uri(i, ".ids.parquet"), columns=cols) for i in range(len(info.shards))
-    ]
-    return pa.concat_tables(tables).combine_chunks()
-
-
-# --------------------------------------------------------------------------------------------
 # The job
-
-
-def embeddings_ranges(uri: str) -> tuple[list[RowRange], int, str | None]:
-    """Row ranges of a committed embeddings output, with its dim and model_id (checked)."""
-    manifest.require_manifest(uri, job="embed")
-    files = storage.list_files(uri, suffix=".parquet")
-    if not files:
-        raise ReidError(f"{uri}: no embeddings part files; run `reid embed` first")
-    ranges, dim, model_ids = [], None, set()
-    for f in files:
-        fs, path = storage.resolve(f)
-        with fs.open_input_file(path) as fh:
-            pf = pq.ParquetFile(fh)
-            d = validate_embeddings(pf.schema_arrow, f)
-            if dim is not None and d != dim:
-                raise ReidError(f"{f}: embeddings of dim {d}, other files of {uri} have dim {dim}")
-            dim = d
-            rows = pf.metadata.num_rows
-            model_ids |= set(pf.read(columns=["model_id"]).column("model_id").unique().to_pylist())
-        if rows:
-            ranges.append(RowRange(f, 0, rows))
-    if len(model_ids) > 1:
-        raise ReidError(
-            f"{uri}: mixes embeddings of several models ({', '.join(sorted(map(str, model_ids)))})"
-        )
-    return ranges, int(dim), (model_ids.pop() if model_ids else None)
 
 
 def _plan_key(cfg: MatchConfig, info: IndexInfo, blocks: list[Block], nprobe: int) -> str:
