@@ -480,8 +480,14 @@ class Session:
             data_s += time.perf_counter() - t_wait
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
+            frozen = self.backbone_frozen()
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                emb = self.train_model(x)
+                if frozen and not _distributed(self.world):
+                    with torch.no_grad():  # nothing to learn there: skip the backbone's backward pass
+                        maps = self.model.trunk(x)
+                    emb = self.model.head(maps)
+                else:
+                    emb = self.train_model(x)
             loss = self.train_criterion(emb, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -510,6 +516,16 @@ class Session:
             "train_s": wall,
             "data_s": data_s,
         }
+
+    def backbone_frozen(self) -> bool:
+        """True while the backbone's learning rate is 0 (``freeze_epochs``, or ``lr_backbone = 0``).
+
+        A frozen backbone also keeps its BatchNorm statistics (eval mode): pretrained features stay
+        exactly as they were, and on one worker its backward pass is skipped altogether.
+        """
+        frozen = self.optimizer.param_groups[0]["lr"] == 0.0
+        self.model.backbone.train(not frozen)
+        return frozen
 
     def embed_val(self):
         """Embeddings of this worker's share of the validation images (rows rank::world)."""

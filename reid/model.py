@@ -120,7 +120,9 @@ def validate_spec(spec: ModelSpec) -> None:
     if spec.feature_layer is not None and spec.feature_layer < 0:
         raise ConfigError(f"feature_layer {spec.feature_layer}: expected a layer index >= 0 (0 = the stem)")
     if spec.feature_layer is not None and spec.pooling == "head":
-        raise ConfigError("feature_layer cuts the backbone before its own pooling: use pooling 'gem' or 'avg'")
+        raise ConfigError(
+            "feature_layer cuts the backbone before its own pooling: use pooling 'gem' or 'avg'"
+        )
     if not 16 <= spec.input_size <= 4096:
         raise ConfigError(f"input_size {spec.input_size}: expected a side length in pixels, 16 to 4096")
     pre = spec.pretrained
@@ -166,11 +168,16 @@ class ReidModel(nn.Module):
                 layers.append(nn.BatchNorm1d(spec.embedding_dim))
             self.neck = nn.Sequential(*layers)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features [B, C]."""
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's output: feature maps or tokens (pooled features for ``pooling='head'``)."""
         if self.spec.pooling == "head":
             return self.backbone(x)  # built with num_classes=0: timm's own pooling, no classifier
-        f = self.backbone.forward_features(x)
+        return self.backbone.forward_features(x)
+
+    def pool(self, f: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, C] from :meth:`trunk`'s output."""
+        if self.spec.pooling == "head":
+            return f
         if f.ndim == 3:  # tokens [B, N, C]: pool patch tokens, not the class/register tokens
             f, dims = f[:, self._prefix :], (1,)
         elif self._fmt == "NHWC":
@@ -179,8 +186,17 @@ class ReidModel(nn.Module):
             dims = (2, 3)
         return self.gem(f, dims) if self.gem is not None else f.mean(dim=dims)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features [B, C]."""
+        return self.pool(self.trunk(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """Embeddings from :meth:`trunk`'s output: pooling, neck, L2 normalisation (what a frozen
+        backbone's training updates)."""
+        return F.normalize(self.neck(self.pool(f)).float(), dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.neck(self.features(x)).float(), dim=1)
+        return self.head(self.trunk(x))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Backbone parameters and head parameters (pooling + neck), for separate learning rates."""
@@ -212,7 +228,9 @@ def _cut(backbone: nn.Module, spec: ModelSpec) -> None:
     try:
         prune(indices=[spec.feature_layer], **kwargs)
     except (AssertionError, IndexError, ValueError) as e:
-        raise ConfigError(f"feature_layer {spec.feature_layer}: not a layer of {spec.backbone!r} ({e})") from e
+        raise ConfigError(
+            f"feature_layer {spec.feature_layer}: not a layer of {spec.backbone!r} ({e})"
+        ) from e
 
 
 def _whole_backbone(spec: ModelSpec, pretrained: str | None) -> nn.Module:
