@@ -15,7 +15,9 @@ Runs the real jobs on ../shared/datasets/lions (`reid ingest`, `reid split`, `re
 
 Recipes: ``zeroshot`` (the pretrained backbone's pooled ImageNet features, no training),
 ``pretrained`` (configs/lions-pretrained.toml), ``scratch`` (configs/lions.toml, random init).
-Each (recipe, protocol, seed) prints its figures; the run ends with a table (mean and range over
+The last epoch's model is scored (``keep = "last"``): the validation images are the test images
+here, so picking the best epoch would select on the test set. Each (recipe, protocol, seed)
+prints its figures; the run ends with a table (mean and range over
 seeds) and one JSON line.
 """
 
@@ -68,12 +70,12 @@ def run_one(recipe: str, protocol: str, seed: int, work: Path, data: dict, epoch
         if protocol == "closed":
             cfg = train.make_config(
                 str(REPO / CONFIGS[recipe]), archive=data["all"], split=data["split"], out=model, seed=seed,
-                epochs=epochs,
+                epochs=epochs, keep="last",
             )  # fmt: skip
         else:
             cfg = train.make_config(
                 str(REPO / CONFIGS[recipe]), archive=data["train"], val_archive=data["val"], out=model,
-                seed=seed, epochs=epochs,
+                seed=seed, epochs=epochs, keep="last",
             )  # fmt: skip
         t0 = time.perf_counter()
         train.run(cfg)
