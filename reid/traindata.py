@@ -128,7 +128,9 @@ def make_split(
     table = labeled(table)
     if split_uri:
         # Train on the split's train rows; validate on its test rows of individuals unseen in train
-        # (an identity split holds only those; open/closed splits also hold known individuals).
+        # (an identity split holds only those; open/closed splits also hold known individuals). A
+        # closed split has none: training then runs without validation and keeps its last epoch;
+        # score it with `reid evaluate --protocol split` (test photos against the train photos).
         assignment = read_split(split_uri)
         names = np.array([assignment.get(i, "") for i in table.column("image_id").to_pylist()])
         if not (names != "").any():
@@ -137,11 +139,6 @@ def make_split(
         test = table.filter(pa.array(names == "test"))
         seen = pa.array(sorted(set(train.column("individual_id").to_pylist())), pa.string())
         val = test.filter(pc.invert(pc.is_in(test.column("individual_id"), seen)))
-        if test.num_rows and not val.num_rows:
-            raise ConfigError(
-                f"split {split_uri}: every test individual also appears in train; validation needs "
-                "held-out individuals: make the split with `reid split --kind identity` (or open)"
-            )
         source = split_uri
     else:
         held = holdout_individuals(table, val_fraction, seed)

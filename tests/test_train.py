@@ -240,3 +240,17 @@ def test_frozen_backbone_first_then_fine_tuned(tmp_path, small_archive):
     assert not same(head, s.model.neck)
     s.train_epoch(2)
     assert not same(backbone, s.model.backbone)
+
+
+def test_closed_split_trains_without_validation(tmp_path, small_archive):
+    """A closed split holds no unseen individual: train on its train rows, validate nothing
+    (score with `reid evaluate --protocol split`), instead of refusing."""
+    from reid import archive, split, traindata
+
+    table = archive.read_archive(small_archive, columns=split.INPUT_COLUMNS)
+    closed = split.make_split(table, "closed-photo", test_fraction=0.3, seed=0)
+    uri = str(tmp_path / "closed.parquet")
+    split.write_split(closed, uri, {"job": "split", "config": {"kind": "closed-photo"}})
+    plan = traindata.make_split(traindata.read_labels(small_archive), uri)
+    n_train = sum(1 for r in closed.to_pylist() if r["split"] == "train")
+    assert plan.train.num_rows == n_train and plan.val.num_rows == 0
