@@ -24,12 +24,12 @@ seeds) and one JSON line.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,13 @@ def evaluate_once(emb: str, out: Path, split_table: str | None, same_view: bool)
     return {k: round(m[k], 4) for k in ("accuracy@1", "accuracy@5", "map")} | {"queries": m["n_queries"]}
 
 
+def training_seconds(model: str) -> float:
+    """The training run's wall time from its manifest (also when a re-run reuses the model)."""
+    m = json.loads((Path(model) / "_manifest.json").read_text())
+    start, end = (dt.datetime.fromisoformat(m[k]) for k in ("started_at", "ended_at"))
+    return (end - start).total_seconds()
+
+
 def run_one(recipe: str, protocol: str, seed: int, work: Path, data: dict, epochs: int | None) -> dict:
     """Train (unless zero-shot), embed the evaluation archive, score like flanks and any two photos."""
     tag = f"{recipe}-{protocol}-s{seed}"
@@ -77,9 +84,8 @@ def run_one(recipe: str, protocol: str, seed: int, work: Path, data: dict, epoch
                 str(REPO / CONFIGS[recipe]), archive=data["train"], val_archive=data["val"], out=model,
                 seed=seed, epochs=epochs, keep="last",
             )  # fmt: skip
-        t0 = time.perf_counter()
         train.run(cfg)
-        train_s = time.perf_counter() - t0
+        train_s = training_seconds(model)
     emb = str(work / f"emb-{tag}")
     embed.run(embed.EmbedConfig(archive=arch, model=model, out=emb, batch_size=64))
     split_table = data["split"] if protocol == "closed" else None

@@ -162,12 +162,7 @@ def build_task(
     rindex.set_threads(1)
     table = _read_rows(ranges, ["image_id", "embedding", "model_id", *CARRIED_COLUMNS])
     if model_id is not None:
-        other = table.filter(pc.not_equal(table.column("model_id"), model_id))
-        if len(other):
-            raise ReidError(
-                f"{ranges[0].uri}: rows of model {other.column('model_id')[0].as_py()!r}, "
-                f"expected {model_id!r}; re-run `reid embed`"
-            )
+        rindex.check_model(table, model_id, ranges[0].uri, "re-run `reid embed`")
     vectors = rindex.vectors_of(table)
     rindex.check_normalised(vectors, ", ".join(sorted({r.uri for r in ranges})))
     trained = rindex.load_faiss(trained_uri) if trained_uri else rindex.make_index(factory, dim)

@@ -276,6 +276,18 @@ def vectors_of(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
+def check_model(table: pa.Table, model_id: str, source: str, fix: str) -> None:
+    """Refuse rows embedded by another model than ``model_id``, naming the first one and the fix."""
+    import pyarrow.compute as pc
+
+    other = table.filter(pc.not_equal(table.column("model_id"), model_id))
+    if len(other):
+        raise ReidError(
+            f"{source}: model_id {other.column('model_id')[0].as_py()!r} differs from the expected "
+            f"{model_id!r}; {fix}"
+        )
+
+
 def check_normalised(vectors: np.ndarray, source: str) -> None:
     """Refuse vectors that are not finite unit vectors (inner product would not be cosine)."""
     if len(vectors) == 0:

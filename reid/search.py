@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reid import index as rindex
@@ -95,12 +94,10 @@ def read_block(block: Block, model_id: str) -> tuple[np.ndarray, pa.Table]:
     table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in QUERY_COLUMNS})
     if block.rows is not None:
         table = table.take(pa.array(block.rows, pa.int64()))
-    other = table.filter(pc.not_equal(table.column("model_id"), model_id))
-    if len(other):
-        raise ReidError(
-            f"{block.ranges[0].uri}: model_id {other.column('model_id')[0].as_py()!r} differs from the "
-            f"index's {model_id!r}; match embeddings of the index's model (or rebuild the index)"
-        )
+    rindex.check_model(
+        table, model_id, block.ranges[0].uri if block.ranges else "queries",
+        "match embeddings of the index's model (or rebuild the index)",
+    )  # fmt: skip
     vectors = rindex.vectors_of(table)
     rindex.check_normalised(vectors, block.ranges[0].uri if block.ranges else "queries")
     return vectors, table.select(META_COLUMNS)
