@@ -38,7 +38,10 @@ sys.path.insert(0, str(REPO))
 from cluster.runtime import connect  # noqa: E402
 from jobs import embed, evaluate, ingest, split, train  # noqa: E402
 
-CONFIGS = {"pretrained": "configs/lions-pretrained.toml", "scratch": "configs/lions.toml"}
+CONFIGS = {
+    "pretrained": "configs/lions-pretrained.toml",
+    "scratch": "configs/lions.toml",
+}
 ZERO_SHOT = "efficientnet-lite:efficientnet_lite0"
 
 
