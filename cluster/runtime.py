@@ -125,9 +125,13 @@ class RayLogRouter(logging.Filter):
         return False
 
     def to_file(self, path: str) -> None:
-        """Write Ray's records to ``path`` from now on (and those kept so far)."""
+        """Write Ray's records to ``path`` from now on (and those kept so far); a later Ray session
+        in this process (after a shutdown) moves them to its own folder."""
         if self.file is not None:
-            return
+            if self.file.baseFilename == os.path.abspath(path):
+                return
+            logging.getLogger("ray").removeHandler(self.file)
+            self.file.close()
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
         logging.getLogger("ray").addHandler(handler)
