@@ -91,8 +91,11 @@ def test_ray_driver_records_leave_the_terminal(capfd, monkeypatch, tmp_path):
     assert user_warning("Failed to query Ray Train Controller actor state.") is None
     (tmp_path / "logs").mkdir()
     quiet_ray_logs(str(tmp_path))  # once Ray has a session folder, its records are written there
+    log.warning("Token authentication is enabled for this Ray cluster (after the session started)")
+    for handler in logging.getLogger("ray").handlers:
+        handler.flush()
     text = (tmp_path / "logs" / f"reid_driver_{os.getpid()}.log").read_text()
-    assert "Token authentication is enabled" in text
+    assert "Token authentication is enabled for this Ray cluster (after the session started)" in text
 
 
 # --------------------------------------------------------------------------------------------
