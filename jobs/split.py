@@ -66,7 +66,10 @@ def register(app: typer.Typer) -> None:
     def split_cmd(
         archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive: path or s3://bucket/prefix"),
         out: str = typer.Option(..., "--out", help="split table to write (Parquet), e.g. split.parquet"),
-        kind: str = typer.Option("identity", help="identity | open | closed | closed-photo (by photo, as published baselines) | time"),
+        kind: str = typer.Option(
+            "identity",
+            help="identity | open | closed | closed-photo (by photo, as published baselines) | time",
+        ),
         test_fraction: float = typer.Option(0.2, help="approximate share of labeled images in test"),
         unknown_fraction: float = typer.Option(
             0.5, help="open split: share of test images from unseen individuals"

@@ -79,7 +79,9 @@ def test_unreachable_address_is_one_line_and_fast(photos, tmp_path):
 def test_missing_input_bad_config_and_relative_paths_fail_before_submission(photos, tmp_path):
     with pytest.raises(ReidError, match=r"input src /no/such/folder does not exist"):
         prepare("ingest", ["/no/such/folder", str(tmp_path / "out")])
-    with pytest.raises(ReidError, match=r"reid embed: --batch-size 0: out of range"):  # the job's own validation
+    with pytest.raises(
+        ReidError, match=r"reid embed: --batch-size 0: out of range"
+    ):  # the job's own validation
         prepare("embed", [str(photos), "--model", "timm:resnet18", "--out", "/x", "--batch-size", "0"])
     with pytest.raises(ReidError, match="Missing option '--model'"):
         prepare("embed", [str(photos), "--out", "/x"])
