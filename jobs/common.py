@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TextIO, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from rich.console import Console
@@ -324,6 +324,18 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value).lower()
     return repr(value) if isinstance(value, str) else str(value)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def parse_config(job: str, cls: type[ConfigT], **values: Any) -> ConfigT:
+    """A job's config from its command's options; a validation error becomes one line
+    (:func:`options_error`), so every command builds and reports its options the same way."""
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise options_error(job, e, cls) from e
 
 
 def options_error(

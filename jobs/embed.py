@@ -33,7 +33,7 @@ from jobs.common import (
     JobConfig,
     Output,
     check_locations,
-    options_error,
+    parse_config,
     print_summary,
     progress,
 )
@@ -492,23 +492,22 @@ def register(app: typer.Typer) -> None:
         num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
     ):
         """Embed an archive with a model; resumable (re-run skips committed units)."""
-        try:
-            cfg = EmbedConfig(
-                archive=archive_uri,
-                model=model,
-                out=out,
-                batch_size=batch_size,
-                actors=actors,
-                gpus_per_actor=gpus_per_actor,
-                cpus_per_actor=cpus_per_actor,
-                threads=threads,
-                inline_decode=inline_decode,
-                force=force,
-                address=address,
-                num_cpus=num_cpus,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, EmbedConfig) from e
+        cfg = parse_config(
+            JOB,
+            EmbedConfig,
+            archive=archive_uri,
+            model=model,
+            out=out,
+            batch_size=batch_size,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+            threads=threads,
+            inline_decode=inline_decode,
+            force=force,
+            address=address,
+            num_cpus=num_cpus,
+        )
         summary = run(cfg)
         print_summary(JOB, summary)
         if summary.get("total_rejects"):

@@ -18,7 +18,15 @@ import typer
 from pydantic import Field, model_validator
 from rich.table import Table
 
-from jobs.common import Input, JobConfig, Output, check_locations, console, options_error, print_summary
+from jobs.common import (
+    Input,
+    JobConfig,
+    Output,
+    check_locations,
+    console,
+    parse_config,
+    print_summary,
+)
 from reid import evaluation, manifest, report, storage
 from reid.errors import ReidError
 from reid.serving import lookup
@@ -275,32 +283,31 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="seed for sampling examples and the map"),
     ):
         """Accuracy@k, mAP, open-set metrics and an HTML report for one model's embeddings."""
-        try:
-            cfg = EvaluateConfig(
-                embeddings=embeddings,
-                out=out,
-                protocol=protocol,
-                split=split,
-                split_column=split_column,
-                query_values=query_value,
-                gallery_values=gallery_value,
-                cutoff=cutoff,
-                cutoff_by=cutoff_by,
-                exclude_same_burst=exclude_same_burst,
-                exclude_same_day=exclude_same_day,
-                same_viewpoint=same_viewpoint,
-                burst_seconds=burst_seconds,
-                threshold=threshold,
-                target_false_new=target_false_new,
-                archive=archive,
-                report=report_,
-                map_method=map_method,
-                top=top,
-                examples=examples,
-                seed=seed,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, EvaluateConfig) from e
+        cfg = parse_config(
+            JOB,
+            EvaluateConfig,
+            embeddings=embeddings,
+            out=out,
+            protocol=protocol,
+            split=split,
+            split_column=split_column,
+            query_values=query_value,
+            gallery_values=gallery_value,
+            cutoff=cutoff,
+            cutoff_by=cutoff_by,
+            exclude_same_burst=exclude_same_burst,
+            exclude_same_day=exclude_same_day,
+            same_viewpoint=same_viewpoint,
+            burst_seconds=burst_seconds,
+            threshold=threshold,
+            target_false_new=target_false_new,
+            archive=archive,
+            report=report_,
+            map_method=map_method,
+            top=top,
+            examples=examples,
+            seed=seed,
+        )
         summary = run(cfg)
         print_metrics(summary)
         if summary.get("report"):

@@ -21,7 +21,16 @@ import pyarrow.compute as pc
 import typer
 from pydantic import Field, field_validator
 
-from jobs.common import Input, JobConfig, Output, check_locations, knn, options_error, print_summary, ray_get
+from jobs.common import (
+    Input,
+    JobConfig,
+    Output,
+    check_locations,
+    knn,
+    parse_config,
+    print_summary,
+    ray_get,
+)
 from reid import index as rindex
 from reid import manifest, matching, storage
 from reid.errors import ConfigError, ReidError
@@ -370,23 +379,22 @@ def register(app: typer.Typer) -> None:
         num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
     ):
         """Build a sharded FAISS index over embeddings (several surveys -> one population index)."""
-        try:
-            cfg = IndexConfig(
-                embeddings=embeddings,
-                out=out,
-                factory=factory,
-                shard_size=shard_size,
-                nprobe=nprobe,
-                train_sample=train_sample,
-                target_false_new=target_false_new,
-                calibration_queries=calibration_queries,
-                gpu=gpu,
-                force=force,
-                address=address,
-                num_cpus=num_cpus,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, IndexConfig) from e
+        cfg = parse_config(
+            JOB,
+            IndexConfig,
+            embeddings=embeddings,
+            out=out,
+            factory=factory,
+            shard_size=shard_size,
+            nprobe=nprobe,
+            train_sample=train_sample,
+            target_false_new=target_false_new,
+            calibration_queries=calibration_queries,
+            gpu=gpu,
+            force=force,
+            address=address,
+            num_cpus=num_cpus,
+        )
         summary = run(cfg)
         print_summary(JOB, summary)
         cal = summary.get("calibration") or {}

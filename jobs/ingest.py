@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import typer
 from pydantic import BaseModel, Field
 
-from jobs.common import print_summary, progress
+from jobs.common import parse_config, print_summary, progress
 from reid import archive, ingest, manifest, storage
-from reid.errors import ReidError
 
 JOB = "ingest"
 
@@ -136,18 +135,17 @@ def register(app: typer.Typer) -> None:
         ),
     ):
         """Ingest photos into a Parquet image archive; unreadable files go to OUT/_rejects.parquet."""
-        try:
-            cfg = IngestConfig(
-                src=src,
-                out=out,
-                species=species,
-                survey=survey,
-                threads=threads,
-                update=update,
-                decode_megapixels=decode_megapixels,
-            )
-        except ValueError as e:
-            raise ReidError(f"bad ingest options: {e}") from e
+        cfg = parse_config(
+            JOB,
+            IngestConfig,
+            src=src,
+            out=out,
+            species=species,
+            survey=survey,
+            threads=threads,
+            update=update,
+            decode_megapixels=decode_megapixels,
+        )
         summary = run(cfg)
         print_summary(JOB, summary)
         if summary["rejected"]:

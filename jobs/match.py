@@ -29,7 +29,15 @@ import pyarrow.compute as pc
 import typer
 from pydantic import Field
 
-from jobs.common import Input, JobConfig, Output, check_locations, knn, options_error, print_summary
+from jobs.common import (
+    Input,
+    JobConfig,
+    Output,
+    check_locations,
+    knn,
+    parse_config,
+    print_summary,
+)
 from reid import index as rindex
 from reid import manifest, matching, population, storage
 from reid.index import IndexInfo
@@ -251,27 +259,26 @@ def register(app: typer.Typer) -> None:
         num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
     ):
         """k-NN of every image (or of --query photos) in the index: matches, decisions, populations."""
-        try:
-            cfg = MatchConfig(
-                index=index,
-                out=out,
-                k=k,
-                query=query,
-                exclude_self=not include_self,
-                exclude_same_camera_day=exclude_same_camera_day,
-                across_surveys=across_surveys,
-                nprobe=nprobe,
-                threshold=threshold,
-                use_labels=use_labels,
-                query_block=query_block,
-                workers=workers,
-                gpu=gpu,
-                force=force,
-                address=address,
-                num_cpus=num_cpus,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, MatchConfig) from e
+        cfg = parse_config(
+            JOB,
+            MatchConfig,
+            index=index,
+            out=out,
+            k=k,
+            query=query,
+            exclude_self=not include_self,
+            exclude_same_camera_day=exclude_same_camera_day,
+            across_surveys=across_surveys,
+            nprobe=nprobe,
+            threshold=threshold,
+            use_labels=use_labels,
+            query_block=query_block,
+            workers=workers,
+            gpu=gpu,
+            force=force,
+            address=address,
+            num_cpus=num_cpus,
+        )
         summary = run(cfg)
         print_summary(JOB, summary)
         for row in summary.get("surveys", []):

@@ -8,7 +8,14 @@ from typing import Literal
 import typer
 from pydantic import Field
 
-from jobs.common import Input, JobConfig, OutputFile, check_locations, options_error, print_summary
+from jobs.common import (
+    Input,
+    JobConfig,
+    OutputFile,
+    check_locations,
+    parse_config,
+    print_summary,
+)
 from reid import archive, manifest, split, storage
 from reid.errors import ConfigError, ReidError
 
@@ -78,16 +85,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="same seed, same split"),
     ):
         """Split an archive into train/test (+ unlabeled) without leaking bursts or same-day sightings."""
-        try:
-            cfg = SplitConfig(
-                archive=archive_uri,
-                out=out,
-                kind=kind,
-                test_fraction=test_fraction,
-                unknown_fraction=unknown_fraction,
-                cutoff=cutoff,
-                seed=seed,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, SplitConfig) from e
+        cfg = parse_config(
+            JOB,
+            SplitConfig,
+            archive=archive_uri,
+            out=out,
+            kind=kind,
+            test_fraction=test_fraction,
+            unknown_fraction=unknown_fraction,
+            cutoff=cutoff,
+            seed=seed,
+        )
         print_summary(JOB, run(cfg))

@@ -8,7 +8,14 @@ from dataclasses import asdict
 import typer
 from pydantic import Field
 
-from jobs.common import JobConfig, Output, check_locations, options_error, print_summary, progress
+from jobs.common import (
+    JobConfig,
+    Output,
+    check_locations,
+    parse_config,
+    print_summary,
+    progress,
+)
 from reid import archive, manifest, storage, synth
 from reid.errors import ConfigError, ReidError
 
@@ -122,20 +129,19 @@ def register(app: typer.Typer) -> None:
         first_year: int = typer.Option(2021, help="year of the first survey"),
     ):
         """Generate a synthetic camera-trap survey archive, with ground truth in OUT/_truth*.parquet."""
-        try:
-            cfg = SynthJobConfig(
-                out=out,
-                individuals=individuals,
-                years=years,
-                images_per_individual=images_per_individual,
-                image_size=image_size,
-                seed=seed,
-                unlabeled_fraction=unlabeled_fraction,
-                species=species,
-                first_year=first_year,
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, SynthJobConfig) from e
+        cfg = parse_config(
+            JOB,
+            SynthJobConfig,
+            out=out,
+            individuals=individuals,
+            years=years,
+            images_per_individual=images_per_individual,
+            image_size=image_size,
+            seed=seed,
+            unlabeled_fraction=unlabeled_fraction,
+            species=species,
+            first_year=first_year,
+        )
         summary = run(cfg)
         print_summary(JOB, summary)
         table = "  ".join(
