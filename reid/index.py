@@ -241,7 +241,7 @@ def deserialize(data: bytes | np.ndarray) -> faiss.Index:
 
 def save_faiss(index: faiss.Index, uri: str) -> None:
     """Write an index file atomically (locally via a temporary name, on S3 as one object)."""
-    if storage.is_s3(uri):
+    if storage.is_remote(uri):
         storage.write_bytes(uri, serialize(index))
         return
     _, path = storage.resolve(uri)
@@ -252,7 +252,7 @@ def save_faiss(index: faiss.Index, uri: str) -> None:
 
 
 def load_faiss(uri: str) -> faiss.Index:
-    if storage.is_s3(uri):
+    if storage.is_remote(uri):
         return deserialize(storage.read_bytes(uri))
     _, path = storage.resolve(uri)
     if not os.path.exists(path):

@@ -1,4 +1,11 @@
-"""Storage URIs: one function maps a plain path, ``file://`` or ``s3://`` URI to a pyarrow filesystem.
+"""Storage URIs: one function maps a location to a pyarrow filesystem and a path in it.
+
+A plain path or ``file://`` is local; ``s3://`` uses the settings below; a scheme registered with
+:func:`register_filesystem` uses that filesystem; any other scheme pyarrow knows (``gs://``,
+``abfs://``, ``hdfs://``, ...) goes through ``pyarrow.fs.FileSystem.from_uri``, and a scheme only
+fsspec knows (``memory://``, ``az://`` with adlfs, ...) through fsspec wrapped for pyarrow. Every
+reader and writer here goes through :func:`resolve`, so all schemes behave as ``s3://`` does.
+``boto3`` is imported only by the S3 pre-flight check.
 
 S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL`` /
 ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
@@ -28,7 +35,59 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
-def _s3_options() -> tuple:
+def is_remote(uri: str) -> bool:
+    """A location on a remote filesystem (any ``scheme://`` but ``file://``): no local path, no rename."""
+    uri = str(uri)
+    return "://" in uri and not uri.startswith("file://")
+
+
+# scheme -> filesystem whose paths are the URI without ``scheme://`` (see register_filesystem)
+_REGISTERED: dict[str, pafs.FileSystem] = {}
+
+
+def register_filesystem(scheme: str, fs: pafs.FileSystem | None) -> None:
+    """Route ``scheme://a/b`` to ``fs`` at path ``a/b`` (None removes it).
+
+    For a store pyarrow cannot open from a URI alone (a custom ``pyarrow.fs.PyFileSystem``, a
+    ``SubTreeFileSystem``, an fsspec filesystem wrapped with ``pyarrow.fs.FSSpecHandler``).
+    Registration is per process: Ray workers need it done where they start too.
+    """
+    scheme = scheme.lower().removesuffix("://")
+    if fs is None:
+        _REGISTERED.pop(scheme, None)
+    else:
+        _REGISTERED[scheme] = fs
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower()
+
+
+def _other_scheme(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A non-S3 URI through the registry, pyarrow's own URI parser, or fsspec."""
+    scheme = _scheme(uri)
+    if scheme in _REGISTERED:
+        return _REGISTERED[scheme], uri.split("://", 1)[1].rstrip("/")
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    try:
+        import fsspec
+
+        fsspec_fs = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as e:
+        raise ReidError(
+            f"{uri!r}: unsupported URI scheme {scheme!r} (pyarrow: {why}; fsspec: {e}); use a local "
+            "path, file://, s3://, a scheme pyarrow knows (gs://, abfs://, hdfs://) or install its fsspec "
+            "package"
+        ) from e
+    path = fsspec_fs._strip_protocol(uri)  # noqa: SLF001 - fsspec's documented way to get the path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), str(path).rstrip("/") or "/"
+
+
+def s3_options() -> tuple:
+    """(endpoint, region, key, secret, token) from the standard AWS variables."""
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -88,25 +147,29 @@ def absolute_if_path(value: str) -> str:
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Map ``uri`` to ``(filesystem, path)``: path is absolute locally, ``bucket/key`` on S3."""
+    """Map ``uri`` to ``(filesystem, path)``: path is absolute locally, ``bucket/key`` on S3.
+
+    Other schemes: see the module docstring; an unknown one is a one-line error naming it.
+    """
     uri = str(uri)
     if is_s3(uri):
         path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise ReidError(f"{uri!r}: an S3 URI needs a bucket, e.g. s3://my-bucket/archive")
-        return _s3_filesystem(*_s3_options()), path
+        return _s3_filesystem(*s3_options()), path
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" in uri:
-        raise ReidError(f"{uri!r}: unsupported URI scheme; use a local path, file:// or s3://")
+        return _other_scheme(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI (``/`` separators, scheme kept)."""
     uri = str(uri)
-    if is_s3(uri):
-        return "s3://" + posixpath.join(uri[len("s3://") :].rstrip("/"), *parts)
+    if is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
     return os.path.join(uri, *parts)
 
 
@@ -163,7 +226,7 @@ def sweep_temp(uri: str) -> list[str]:
     :func:`write_bytes` names each temporary file after its writer (host, pid), so files of a
     writer still running are kept. S3 outputs have none (objects are written in one PUT).
     """
-    if is_s3(uri):
+    if is_remote(uri):
         return []
     root = absolute(uri)
     if not os.path.isdir(root):
@@ -187,12 +250,14 @@ def sweep_temp(uri: str) -> list[str]:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically: readers see the old file or the new one, never a partial one.
 
-    Locally: a temporary name in the same folder, then an atomic rename. On S3 a single PUT is
-    already atomic, so the object is written directly.
+    Locally: a temporary name in the same folder, then an atomic rename. On S3 (and the object
+    stores behind other schemes) a single PUT is already atomic, so the object is written directly.
     """
     fs, path = resolve(uri)
-    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
-    if is_s3(uri):
+    parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
+    if is_remote(uri):
+        if not is_s3(uri) and parent:
+            fs.create_dir(parent, recursive=True)  # a no-op on object stores; needed on hdfs and the like
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
@@ -283,111 +348,28 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------------
-# Pre-flight checks: one clear line before any work, instead of an OSError minutes later
-
-PREFLIGHT_TIMEOUT_S = float(os.environ.get("REID_S3_PREFLIGHT_TIMEOUT", "3"))
-
-
-def _bucket(uri: str) -> str:
-    return str(uri)[len("s3://") :].split("/", 1)[0]
-
-
-@lru_cache(maxsize=32)
-def _check_bucket(bucket: str, options: tuple, timeout_s: float) -> str | None:
-    """None when ``bucket`` answers with the current settings, else what is wrong and the fix."""
-    import boto3
-    import botocore.exceptions as bex
-    from botocore.config import Config
-
-    endpoint, region, key, secret, token = options
-    session = boto3.session.Session(
-        aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token, region_name=region
-    )
-    client = session.client(
-        "s3",
-        endpoint_url=endpoint or None,
-        config=Config(
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-            retries={"max_attempts": 1, "mode": "standard"},
-        ),
-    )
-    where = endpoint or "AWS S3"
-    try:
-        client.head_bucket(Bucket=bucket)
-    except bex.NoCredentialsError:
-        return (
-            "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
-            "or run where an instance role applies"
-        )
-    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
-        return f"the S3 endpoint {where} did not answer ({type(e).__name__}); check AWS_ENDPOINT_URL and the network"
-    except bex.ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket"):
-            return f"bucket {bucket!r} does not exist at {where}; create it (aws s3 mb s3://{bucket}) or fix the URI"
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return (
-                f"access to bucket {bucket!r} denied ({code}); check the credentials "
-                "(AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role) and the bucket's policy"
-            )
-        return f"S3 refused the bucket check ({code or e}); check the URI and the credentials"
-    except (bex.BotoCoreError, OSError, ValueError) as e:
-        return (
-            f"cannot check the bucket ({type(e).__name__}: {e}); check AWS_ENDPOINT_URL and the credentials"
-        )
-    return None
+# Pre-flight checks (reid.preflight; kept here as the names every job already calls)
 
 
 def check_s3(uri: str, what: str = "input") -> None:
-    """Refuse an ``s3://`` location that cannot work: no bucket, no credentials, an endpoint that
-    does not answer, a bucket that does not exist. Short timeouts, one attempt, cached per bucket."""
-    uri = str(uri)
-    bucket = _bucket(uri)
-    if not bucket:
-        raise ReidError(f"{what} {uri!r}: an S3 URI needs a bucket, e.g. s3://my-bucket/archive")
-    problem = _check_bucket(bucket, _s3_options(), PREFLIGHT_TIMEOUT_S)
-    if problem:
-        raise ReidError(f"{what} {uri}: {problem}")
+    """See :func:`reid.preflight.check_s3`."""
+    from reid import preflight
+
+    preflight.check_s3(uri, what)
 
 
 def check_output(uri: str, what: str = "--out", kind: str = "folder") -> None:
-    """Refuse an output location that cannot be written, before any work.
+    """See :func:`reid.preflight.check_output`."""
+    from reid import preflight
 
-    ``kind`` is ``folder`` (most outputs) or ``file`` (a single table, e.g. a split). Locally: an
-    existing file where a folder is wanted (or the reverse), a file among the parents, a parent
-    that cannot be written; on S3, :func:`check_s3`.
-    """
-    uri = str(uri)
-    if is_s3(uri):
-        check_s3(uri, what)
-        return
-    if "://" in uri and not uri.startswith("file://"):
-        raise ReidError(f"{what} {uri!r}: unsupported URI scheme; use a local path, file:// or s3://")
-    path = absolute(uri)
-    if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
-        raise ReidError(
-            f"{what} {uri}: is an existing file; {what} names a folder: give a new path or a folder "
-            "this job wrote"
-        )
-    if kind == "file" and os.path.isdir(path):
-        raise ReidError(
-            f"{what} {uri}: is a folder; {what} names a file here, e.g. {uri.rstrip('/')}.parquet"
-        )
-    parent = os.path.dirname(path)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise ReidError(f"{what} {uri}: {parent} is a file, so nothing can be written under it; fix the path")
-    target = path if os.path.isdir(path) else parent
-    if target and not os.access(target, os.W_OK | os.X_OK):
-        raise ReidError(f"{what} {uri}: {target} is not writable by this user; choose another location")
+    preflight.check_output(uri, what, kind)
 
 
 def check_input(uri: str, what: str = "input") -> None:
-    """Refuse an input location that cannot be read: S3 pre-flight (see :func:`check_s3`)."""
-    if is_s3(uri):
-        check_s3(uri, what)
+    """See :func:`reid.preflight.check_input`."""
+    from reid import preflight
+
+    preflight.check_input(uri, what)
 
 
 def finite_json(value):

@@ -239,7 +239,7 @@ def ensure_cache(
     """
     if mode not in ("train", "eval"):
         raise ValueError(mode)
-    if storage.is_s3(cache_dir):
+    if storage.is_remote(cache_dir):
         raise ConfigError(f"cache_dir {cache_dir}: must be a local folder (it is memory-mapped)")
     wanted = set(image_ids)
     key = cache_key(archive_uri, wanted, mode, size)

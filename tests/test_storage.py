@@ -10,8 +10,8 @@ from reid.errors import ReidError, SchemaError
 def test_resolve_local_and_file_uri(tmp_path):
     fs, path = storage.resolve(f"file://{tmp_path}/x")
     assert path == f"{tmp_path}/x"
-    with pytest.raises(ReidError, match="unsupported URI scheme"):
-        storage.resolve("gs://bucket/x")
+    with pytest.raises(ReidError, match="unsupported URI scheme 'nosuchfs'"):
+        storage.resolve("nosuchfs://bucket/x")
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
