@@ -16,8 +16,9 @@ from jobs.common import (
     print_summary,
     progress,
 )
-from reid import archive, manifest, storage, synth
+from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
+from reid.synthetic import scenes, survey, truth
 
 JOB = "synth"
 
@@ -33,8 +34,8 @@ class SynthJobConfig(JobConfig):
     species: str = "synthetic-cat"
     first_year: int = Field(2021, ge=1900, le=2200)
 
-    def generator(self) -> synth.SynthConfig:
-        return synth.SynthConfig(
+    def generator(self) -> survey.SynthConfig:
+        return survey.SynthConfig(
             individuals=self.individuals,
             years=self.years,
             images_per_individual=self.images_per_individual,
@@ -46,10 +47,10 @@ class SynthJobConfig(JobConfig):
         )
 
 
-def _check_same_survey(cfg: SynthJobConfig, gen: synth.SynthConfig) -> None:
+def _check_same_survey(cfg: SynthJobConfig, gen: survey.SynthConfig) -> None:
     """Image ids depend on seed and index only: refuse to mix two different surveys in one OUT."""
     m = manifest.ensure_writable_output(cfg.out, JOB, force=False)
-    previous = m.get("generator") if m else synth.truth_config(cfg.out)  # truth is written before images
+    previous = m.get("generator") if m else truth.truth_config(cfg.out)  # truth is written before images
     if previous is not None and previous != asdict(gen):
         changed = sorted(k for k in previous if previous.get(k) != asdict(gen).get(k))
         raise ConfigError(
@@ -65,23 +66,23 @@ def run(cfg: SynthJobConfig) -> dict:
     check_locations(cfg)
     gen = cfg.generator()
     _check_same_survey(cfg, gen)
-    survey_plan = synth.plan(gen)
+    survey_plan = survey.plan(gen)
     if not survey_plan.sightings:
         raise ConfigError(
             "synthetic survey: the population produced no images; raise --individuals or --years"
         )
     done = archive.existing_ids(cfg.out)
-    synth.write_truth(cfg.out, survey_plan)  # first: it records the options a resumed run must match
+    truth.write_truth(cfg.out, survey_plan)  # first: it records the options a resumed run must match
     todo = sum(1 for s in survey_plan.sightings if s.image_id not in done)
     writer = archive.ArchiveWriter(cfg.out, skip_ids=done)
     for row in progress(
-        synth.generate(gen, skip_ids=done, survey_plan=survey_plan), total=todo, desc="synth"
+        scenes.generate(gen, skip_ids=done, survey_plan=survey_plan), total=todo, desc="synth"
     ):
         writer.add(row)
     writer.close()
     n = len(survey_plan.sightings)
     labeled = sum(s.labeled for s in survey_plan.sightings)
-    history = synth.history_table(survey_plan).to_pylist()
+    history = truth.history_table(survey_plan).to_pylist()
     counts = {
         "images": n,
         "written": writer.written_rows,
@@ -110,7 +111,7 @@ def run(cfg: SynthJobConfig) -> dict:
         started,
         generator=asdict(gen),
         per_survey=per_survey,
-        truth=[synth.TRUTH, synth.TRUTH_HISTORY],
+        truth=[truth.TRUTH, truth.TRUTH_HISTORY],
     )
     return {**counts, "per_survey": per_survey, "wall_s": round(time.perf_counter() - t0, 2)}
 
@@ -149,7 +150,7 @@ def register(app: typer.Typer) -> None:
             for s, v in summary["per_survey"].items()
         )
         typer.echo(table)
-        typer.echo(f"ground truth: {storage.join(out, synth.TRUTH)}")
+        typer.echo(f"ground truth: {storage.join(out, truth.TRUTH)}")
 
 
 __all__ = ["JOB", "ReidError", "SynthJobConfig", "register", "run"]

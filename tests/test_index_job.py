@@ -321,7 +321,7 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
     from jobs import embed as jembed
     from jobs import synth as jsynth
     from jobs import train as jtrain
-    from reid import synth
+    from reid.synthetic.truth import truth_capture_history
 
     archive = str(tmp_path / "archive")
     jsynth.run(
@@ -361,7 +361,7 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
     built = jindex.run(jindex.IndexConfig(embeddings=[emb], out=idx, calibration_k=10))
     s = jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=10))
 
-    truth = synth.truth_capture_history(archive)
+    truth = truth_capture_history(archive)
     surveys = [c for c in truth.column_names if c != "individual_id"]
     want = {r["individual_id"]: "".join(str(r[c]) for c in surveys) for r in truth.to_pylist()}
     cells, spurious = history_agreement(out, want)

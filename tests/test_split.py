@@ -14,15 +14,17 @@ from jobs.split import SplitConfig
 from jobs.split import run as run_split
 from jobs.synth import SynthJobConfig
 from jobs.synth import run as run_synth
-from reid import split, synth
+from reid import split
 from reid.errors import ConfigError, ReidError
+from reid.synthetic.survey import SynthConfig, plan
+from reid.synthetic.truth import read_truth
 
 REID = str(Path(sys.executable).with_name("reid"))
 
 
 def plan_table(**options) -> tuple[pa.Table, dict[str, str]]:
     """Archive metadata columns of a planned synthetic survey (no pixels), and image -> burst."""
-    p = synth.plan(synth.SynthConfig(**options))
+    p = plan(SynthConfig(**options))
     rows = [
         {
             "image_id": s.image_id,
@@ -218,7 +220,7 @@ def test_job_writes_table_with_its_manifest(small_archive, tmp_path):
         == summary["test_images"]
         == table.column("split").to_pylist().count("test")
     )
-    truth = {t["image_id"]: t["burst_id"] for t in synth.read_truth(small_archive).to_pylist()}
+    truth = {t["image_id"]: t["burst_id"] for t in read_truth(small_archive).to_pylist()}
     assert_no_leaks(table, truth)
     with pytest.raises(ReidError, match="no split manifest"):
         plain = tmp_path / "plain.parquet"

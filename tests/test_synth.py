@@ -13,10 +13,14 @@ import pytest
 from PIL import Image
 
 from jobs.synth import SynthJobConfig, run
-from reid import archive, manifest, synth
+from reid import archive, manifest
 from reid.errors import ConfigError
 from reid.imageio import decode
 from reid.schema import validate_archive
+from reid.synthetic.render import Sprites
+from reid.synthetic.scenes import generate
+from reid.synthetic.survey import SynthConfig, plan
+from reid.synthetic.truth import history_table, read_truth, truth_capture_history
 
 REID = str(Path(sys.executable).with_name("reid"))
 SMALL = dict(individuals=8, years=3, images_per_individual=5, seed=3, unlabeled_fraction=0.15)
@@ -30,34 +34,34 @@ def survey(tmp_path_factory) -> str:
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes():
-    c = synth.SynthConfig(individuals=3, years=2, images_per_individual=3, seed=11)
-    a = list(synth.generate(c))
-    b = list(synth.generate(c))
+    c = SynthConfig(individuals=3, years=2, images_per_individual=3, seed=11)
+    a = list(generate(c))
+    b = list(generate(c))
     assert [r["image"] for r in a] == [r["image"] for r in b]
     assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
-    other = list(synth.generate(synth.SynthConfig(individuals=3, years=2, images_per_individual=3, seed=12)))
+    other = list(generate(SynthConfig(individuals=3, years=2, images_per_individual=3, seed=12)))
     assert {r["image_id"] for r in other}.isdisjoint(r["image_id"] for r in a)
     assert a[0]["image"] != other[0]["image"]
 
 
 def test_rendering_one_image_does_not_depend_on_the_others():
-    c = synth.SynthConfig(individuals=4, years=2, images_per_individual=3, seed=5)
-    everything = {r["image_id"]: r["image"] for r in synth.generate(c)}
-    last = synth.plan(c).sightings[-1]
-    alone = list(synth.generate(c, skip_ids=set(everything) - {last.image_id}))
+    c = SynthConfig(individuals=4, years=2, images_per_individual=3, seed=5)
+    everything = {r["image_id"]: r["image"] for r in generate(c)}
+    last = plan(c).sightings[-1]
+    alone = list(generate(c, skip_ids=set(everything) - {last.image_id}))
     assert len(alone) == 1 and alone[0]["image"] == everything[last.image_id]
 
 
 def test_counts_labels_and_history_agree():
-    c = synth.SynthConfig(individuals=30, years=3, images_per_individual=6, seed=1, unlabeled_fraction=0.2)
-    p = synth.plan(c)
+    c = SynthConfig(individuals=30, years=3, images_per_individual=6, seed=1, unlabeled_fraction=0.2)
+    p = plan(c)
     n = len(p)
     assert 0.5 * 30 * 3 * 6 < n < 2 * 30 * 3 * 6
     assert sum(not s.labeled for s in p.sightings) == round(0.2 * n)
     per_survey = defaultdict(int)
     for s in p.sightings:
         per_survey[s.survey] += 1
-    hist = synth.history_table(p).to_pylist()
+    hist = history_table(p).to_pylist()
     for survey in c.surveys():
         assert per_survey[survey] == sum(h["n_images"] for h in hist if h["survey"] == survey)
     seen = sum(h["seen"] for h in hist)
@@ -65,8 +69,8 @@ def test_counts_labels_and_history_agree():
 
 
 def test_survival_and_recruitment_show_across_years():
-    c = synth.SynthConfig(individuals=40, years=4, survival=0.7, recruitment=0.3, seed=2)
-    hist = synth.history_table(synth.plan(c)).to_pylist()
+    c = SynthConfig(individuals=40, years=4, survival=0.7, recruitment=0.3, seed=2)
+    hist = history_table(plan(c)).to_pylist()
     alive = defaultdict(dict)
     for h in hist:
         alive[h["individual_id"]][h["survey"]] = h["alive"]
@@ -82,7 +86,7 @@ def test_survival_and_recruitment_show_across_years():
 
 
 def test_bursts_share_camera_and_are_seconds_apart(survey):
-    truth = synth.read_truth(survey).to_pylist()
+    truth = read_truth(survey).to_pylist()
     bursts = defaultdict(list)
     for t in truth:
         bursts[t["burst_id"]].append(t)
@@ -128,7 +132,7 @@ def test_archive_validates_and_bbox_is_the_animal(survey):
 
 def test_truth_is_complete_and_matches_the_archive(survey):
     table = archive.read_archive(survey, columns=["image_id", "individual_id", "survey"])
-    truth = {t["image_id"]: t for t in synth.read_truth(survey).to_pylist()}
+    truth = {t["image_id"]: t for t in read_truth(survey).to_pylist()}
     rows = table.to_pylist()
     assert set(truth) == {r["image_id"] for r in rows}
     for r in rows:
@@ -136,7 +140,7 @@ def test_truth_is_complete_and_matches_the_archive(survey):
         assert t["individual_id"]
         assert r["individual_id"] == (t["individual_id"] if t["labeled"] else None)
     assert sum(r["individual_id"] is None for r in rows) == round(0.15 * len(rows))
-    history = synth.truth_capture_history(survey).to_pylist()
+    history = truth_capture_history(survey).to_pylist()
     seen = defaultdict(set)
     for t in truth.values():
         seen[t["survey"]].add(t["individual_id"])
@@ -144,12 +148,12 @@ def test_truth_is_complete_and_matches_the_archive(survey):
     for h in history:
         for s in ("2021", "2022", "2023"):
             assert h[s] == int(h["individual_id"] in seen[s])
-    assert len(synth.truth_capture_history(survey, seen_only=False)) >= len(history)
+    assert len(truth_capture_history(survey, seen_only=False)) >= len(history)
 
 
 def test_left_and_right_flanks_differ():
-    c = synth.SynthConfig(individuals=2, seed=0)
-    sprites = synth._Sprites(c)
+    c = SynthConfig(individuals=2, seed=0)
+    sprites = Sprites(c)
     for k in range(2):
         right = np.asarray(sprites.get(k, "right", 0), dtype=np.float32)
         left = np.asarray(
@@ -168,9 +172,9 @@ def test_left_and_right_flanks_differ():
 
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="individuals"):
-        synth.SynthConfig(individuals=0)
+        SynthConfig(individuals=0)
     with pytest.raises(ConfigError, match="unlabeled"):
-        synth.SynthConfig(unlabeled_fraction=1.0)
+        SynthConfig(unlabeled_fraction=1.0)
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -236,7 +240,7 @@ def test_writes_to_s3(s3_bucket):
     out = f"{s3_bucket}/synth"
     summary = run(SynthJobConfig(out=out, individuals=2, years=1, images_per_individual=2, seed=9))
     assert len(archive.read_archive(out)) == summary["images"]
-    assert len(synth.read_truth(out)) == summary["images"]
+    assert len(read_truth(out)) == summary["images"]
     assert manifest.require_manifest(out, job="synth")
 
 
@@ -250,12 +254,12 @@ def untrained_accuracy(individuals: int = 30, seed: int = 1, init_seed: int = 0)
     import timm
     import torch
 
-    c = synth.SynthConfig(individuals=individuals, years=3, seed=seed)
-    p = synth.plan(c)
+    c = SynthConfig(individuals=individuals, years=3, seed=seed)
+    p = plan(c)
     keep = set(sorted({s.individual for s in p.sightings})[:individuals])
     chosen = [s for s in p.sightings if s.individual in keep]
     skip = {s.image_id for s in p.sightings} - {s.image_id for s in chosen}
-    rows = list(synth.generate(c, skip_ids=skip, survey_plan=p))
+    rows = list(generate(c, skip_ids=skip, survey_plan=p))
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     x = torch.stack(
