@@ -36,16 +36,19 @@ def test_counts_and_capture_history():
             "image_id": [f"i{j}" for j in range(8)],
             "survey": ["2021", "2021", "2022", "2022", "2023", "2023", "2023", None],
             "identity": ["A", "B", "A", "C", "A", "C", "C", "A"],
+            "basis": ["label", "match", "confirmed", "new", "match", "match", "confirmed", "label"],
         }
     )
     counts = population.survey_counts(identities).to_pylist()
     assert counts == [
-        {"survey": "2021", "images": 2, "seen": 2, "resighted": 0, "new": 2},
-        {"survey": "2022", "images": 2, "seen": 2, "resighted": 1, "new": 1},
-        {"survey": "2023", "images": 3, "seen": 2, "resighted": 2, "new": 0},
+        {"survey": "2021", "images": 2, "seen": 2, "resighted": 0, "new": 2, "seen_confirmed": 1},
+        {"survey": "2022", "images": 2, "seen": 2, "resighted": 1, "new": 1, "seen_confirmed": 1},
+        {"survey": "2023", "images": 3, "seen": 2, "resighted": 2, "new": 0, "seen_confirmed": 1},
     ]
     ch = population.capture_history(identities)
-    assert ch.column_names == ["individual", "2021", "2022", "2023", "ch"]
+    assert ch.column_names == ["individual", "2021", "2022", "2023", "ch", "ch_confirmed"]
+    confirmed = dict(zip(ch.column("individual").to_pylist(), ch.column("ch_confirmed").to_pylist(), strict=True))
+    assert confirmed == {"A": "110", "B": "000", "C": "001"}  # what people established, apart
     assert dict(zip(ch.column("individual").to_pylist(), ch.column("ch").to_pylist(), strict=True)) == {
         "A": "111",
         "B": "100",
@@ -53,7 +56,7 @@ def test_counts_and_capture_history():
     }
     assert population.to_mark_inp(ch).splitlines()[0] == "/* A */ 111 1;"
     csv = population.to_csv(ch).splitlines()
-    assert csv[0] == '"individual","2021","2022","2023","ch"' and len(csv) == 4
+    assert csv[0] == '"individual","2021","2022","2023","ch","ch_confirmed"' and len(csv) == 4
     empty = population.capture_history(identities.slice(0, 0))
     assert len(empty) == 0 and len(population.survey_counts(identities.slice(0, 0))) == 0
 
