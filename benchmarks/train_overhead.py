@@ -1,6 +1,6 @@
 """Ray Train (1 worker) vs a plain torch loop: same model, batch, sampler and training step.
 
-Both sides run :class:`jobs.train.Session` (the code `reid train` runs) on the same generated
+Both sides run :class:`reid.training.Session` (the code `reid train` runs) on the same generated
 archive with the same torch thread count; the Ray side runs it inside a TorchTrainer worker and
 reports metrics after every epoch, as training does. Throughput is measured after a warm-up
 epoch, as the median over epochs; the plain loop is measured before and after the Ray run and
@@ -28,9 +28,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jobs.train import Session, make_config, normal_priority  # noqa: E402
+from jobs.train import make_config  # noqa: E402
 from reid.allocator import process_env  # noqa: E402
 from reid.archive import ArchiveWriter, stable_id  # noqa: E402
+from reid.training import Session, normal_priority  # noqa: E402
 
 
 def make_archive(out: str, individuals: int = 16, per: int = 8, size: int = 64) -> str:

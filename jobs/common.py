@@ -5,7 +5,6 @@ more than one job uses (task errors as user errors, the sharded k-NN of `reid ma
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import math
 import os
@@ -13,16 +12,27 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
 from reid import storage
 from reid.errors import ConfigError, ReidError
+from reid.settings import (  # noqa: F401 - re-exported for the jobs
+    Input,
+    InputOrName,
+    Loc,
+    LocalPath,
+    Output,
+    OutputFile,
+    Settings,
+    location_fields,
+    locations,
+    paths_as_given,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -202,82 +212,8 @@ def follow_epochs(
 # --------------------------------------------------------------------------------------------
 # Job configs: locations resolved in the driver, finite numbers, checks before any work
 
-# `reid submit` parses a job's options on this machine for a run on a cluster: there a relative
-# path means nothing, so it is kept as given (and refused by name) rather than resolved here.
-_RESOLVE = contextvars.ContextVar("reid_resolve_paths", default=True)
-
-
-@contextlib.contextmanager
-def paths_as_given() -> Iterator[None]:
-    """Configs built inside keep local paths as typed (``reid submit`` refuses relative ones)."""
-    token = _RESOLVE.set(False)
-    try:
-        yield
-    finally:
-        _RESOLVE.reset(token)
-
-
-def _absolute(value: str) -> str:
-    return storage.absolute(value) if _RESOLVE.get() else value
-
-
-def _absolute_if_path(value: str) -> str:
-    return storage.absolute_if_path(value) if _RESOLVE.get() else value
-
-
-@dataclass(frozen=True)
-class Loc:
-    """Marks a config field as a location: ``role`` input or output, ``kind`` folder or file."""
-
-    role: str
-    kind: str = "folder"
-
-
-# Field types of job configs. Local paths become absolute at validation, in the driver, so a Ray
-# worker running in another working directory (Ray Train's trial folder) finds the same file.
-Input = Annotated[str, AfterValidator(_absolute), Loc("input")]
-Output = Annotated[str, AfterValidator(_absolute), Loc("output")]
-OutputFile = Annotated[str, AfterValidator(_absolute), Loc("output", "file")]
-InputOrName = Annotated[str, AfterValidator(_absolute_if_path), Loc("input")]  # path, or 'timm:...'
-LocalPath = Annotated[str, AfterValidator(_absolute)]  # a local folder that is neither (a cache)
-
-
-class JobConfig(BaseModel):
-    """Base of every job's config: non-finite numbers (``nan``, ``inf``) are refused everywhere."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
-def _markers(annotation: Any) -> list[Loc]:
-    found: list[Loc] = []
-    if get_origin(annotation) is Annotated:
-        args = get_args(annotation)
-        found += [a for a in args[1:] if isinstance(a, Loc)]
-        annotation = args[0]
-    for arg in get_args(annotation):
-        found += _markers(arg)
-    return found
-
-
-def location_fields(cls: type[BaseModel]) -> dict[str, Loc]:
-    """The fields of a config class that name locations, with their role and kind."""
-    out = {}
-    for name, field in cls.model_fields.items():
-        marks = [m for m in field.metadata if isinstance(m, Loc)] + _markers(field.annotation)
-        if marks:
-            out[name] = marks[0]
-    return out
-
-
-def locations(cfg: BaseModel) -> list[tuple[str, Loc, str]]:
-    """(field, marker, value) of every location set in ``cfg`` (lists give one entry per value)."""
-    out = []
-    for name, loc in location_fields(type(cfg)).items():
-        value = getattr(cfg, name)
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(v, str) and v:
-                out.append((name, loc, v))
-    return out
+# Config base and location field types: reid.settings (re-exported here for the jobs).
+JobConfig = Settings
 
 
 def option_name(field: str) -> str:

@@ -220,7 +220,8 @@ def test_frozen_backbone_first_then_fine_tuned(tmp_path, small_archive):
     """freeze_epochs: the backbone keeps its (pretrained) weights while the head learns, then trains."""
     import torch
 
-    from jobs.train import Session, make_config
+    from jobs.train import make_config
+    from reid.training import Session
 
     cfg = make_config(
         None, **{**FAST, "workers": 1, "steps_per_epoch": 3, "epochs": 3, "freeze_epochs": 1, "loss": "arcface"},
