@@ -465,7 +465,7 @@ def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: 
 
 def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read a committed embeddings output (refuses one without a manifest), validated."""
-    from reid.evaluation import read_embeddings as read_validated
+    from reid.embeddings import read_embeddings as read_validated
 
     table, _ = read_validated(uri)
     return table.select(columns) if columns else table

@@ -27,8 +27,13 @@ from jobs.common import (
     parse_config,
     print_summary,
 )
-from reid import evaluation, manifest, report, storage
+from reid import manifest, report, storage
+from reid.embeddings import read_embeddings
 from reid.errors import ReidError
+from reid.evaluation.data import EvalData, eval_data
+from reid.evaluation.exclusions import exclusion_mask
+from reid.evaluation.protocols import Protocol, from_split, leave_one_out, read_split_table, time_aware
+from reid.evaluation.scoring import TARGET_FALSE_NEW, Evaluation, evaluate
 from reid.serving import lookup
 
 JOB = "evaluate"
@@ -66,7 +71,7 @@ class EvaluateConfig(JobConfig):
     burst_seconds: float = Field(60.0, gt=0)
     threshold: float | None = Field(None, description="new-individual threshold (default: calibrated)")
     target_false_new: float = Field(
-        evaluation.TARGET_FALSE_NEW, gt=0, lt=1, description="calibration: share of known queries called new"
+        TARGET_FALSE_NEW, gt=0, lt=1, description="calibration: share of known queries called new"
     )
     archive: Input | None = Field(None, description="archive for thumbnails (default: from the lineage)")
     report: bool = True
@@ -87,10 +92,10 @@ class EvaluateConfig(JobConfig):
         return self
 
 
-def build_protocol(cfg: EvaluateConfig, data: evaluation.EvalData) -> evaluation.Protocol:
+def build_protocol(cfg: EvaluateConfig, data: EvalData) -> Protocol:
     if cfg.protocol == "split":
-        table = evaluation.read_split_table(cfg.split)
-        return evaluation.from_split(
+        table = read_split_table(cfg.split)
+        return from_split(
             data,
             table,
             cfg.split_column,
@@ -99,8 +104,8 @@ def build_protocol(cfg: EvaluateConfig, data: evaluation.EvalData) -> evaluation
             source=f"split table {cfg.split}",
         )
     if cfg.protocol == "time":
-        return evaluation.time_aware(data, cfg.cutoff, by=cfg.cutoff_by)
-    return evaluation.leave_one_out(data)
+        return time_aware(data, cfg.cutoff, by=cfg.cutoff_by)
+    return leave_one_out(data)
 
 
 def _clean(v):
@@ -112,7 +117,7 @@ def _clean(v):
     return v
 
 
-def queries_table(data: evaluation.EvalData, ev: evaluation.Evaluation) -> pa.Table:
+def queries_table(data: EvalData, ev: Evaluation) -> pa.Table:
     """One row per query: its individual, whether it is known to the gallery, its top candidates."""
     g = ev.gallery_rows
     idx, sc = ev.neighbours.indices, ev.neighbours.scores
@@ -145,18 +150,18 @@ def run(cfg: EvaluateConfig) -> dict:
     started, t0 = manifest.now(), time.perf_counter()
     check_locations(cfg)
     manifest.ensure_writable_output(cfg.out, JOB, force=True)
-    table, emb_manifest = evaluation.read_embeddings(cfg.embeddings)
-    data = evaluation.eval_data(table)
+    table, emb_manifest = read_embeddings(cfg.embeddings)
+    data = eval_data(table)
     if len(data) < 2:
         raise ReidError(
             f"{cfg.embeddings}: {len(data)} labelled embeddings (individual_id set); "
             "evaluation needs labelled images of at least one individual seen twice"
         )
     protocol = build_protocol(cfg, data)
-    mask = evaluation.exclusion_mask(
+    mask = exclusion_mask(
         data, protocol, cfg.exclude_same_burst, cfg.exclude_same_day, cfg.burst_seconds, cfg.same_viewpoint
     )
-    ev = evaluation.evaluate(
+    ev = evaluate(
         data,
         protocol,
         exclude=mask,
@@ -271,7 +276,7 @@ def register(app: typer.Typer) -> None:
         burst_seconds: float = typer.Option(60.0, help="a burst: same camera, within this many seconds"),
         threshold: float = typer.Option(None, help="new-individual threshold (default: calibrated)"),
         target_false_new: float = typer.Option(
-            evaluation.TARGET_FALSE_NEW, help="calibrated threshold: share of known queries it calls new"
+            TARGET_FALSE_NEW, help="calibrated threshold: share of known queries it calls new"
         ),
         archive: str = typer.Option(
             None, help="archive for thumbnails (default: from the embeddings' lineage)"

@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 
 from reid import plots, storage
 from reid.errors import ReidError
-from reid.evaluation import EvalData, Evaluation, Protocol
+from reid.evaluation.data import EvalData
+from reid.evaluation.protocols import Protocol
+from reid.evaluation.scoring import Evaluation
 from reid.serving.lookup import thumbnail_jpeg
 
 __all__ = [

@@ -13,8 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.evaluate import EvaluateConfig, run
-from reid import evaluation, manifest, metrics, plots, report
+from reid import manifest, plots, report
+from reid.embeddings import read_embeddings
 from reid.errors import ReidError
+from reid.evaluation import metrics
+from reid.evaluation.data import eval_data
+from reid.evaluation.exclusions import exclusion_mask
+from reid.evaluation.protocols import leave_one_out
+from reid.evaluation.scoring import CURVE_K
 from tests.evalset import MODEL_ID, PLAN, UNLABELLED, make_eval_inputs
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,8 +33,8 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(inputs):
-    table, _ = evaluation.read_embeddings(inputs["embeddings"])
-    return evaluation.eval_data(table)
+    table, _ = read_embeddings(inputs["embeddings"])
+    return eval_data(table)
 
 
 def _run(inputs, out, **kw) -> dict:
@@ -54,7 +60,7 @@ def test_loo_gives_the_numbers_training_validation_computes(inputs, data, tmp_pa
     # single-image individuals are gallery only for the closed-set numbers, "new" for the open-set ones
     assert doc["n_queries"] == n_labelled - len(singles) and doc["n_gallery"] == n_labelled
     assert doc["n_unknown_queries"] == len(singles) and doc["model_id"] == MODEL_ID
-    assert doc["accuracy_at_k"]["1"] == doc["accuracy@1"] and len(doc["accuracy_at_k"]) == evaluation.CURVE_K
+    assert doc["accuracy_at_k"]["1"] == doc["accuracy@1"] and len(doc["accuracy_at_k"]) == CURVE_K
     assert list(doc)[:4] == ["accuracy@1", "accuracy@5", "accuracy@10", "map"]
 
     for name in report.PLOT_FILES.values():
@@ -110,9 +116,9 @@ def test_split_table_protocol_equals_the_time_cut(inputs, data, tmp_path):
 
 
 def test_same_burst_and_same_day_exclusions(inputs, data, tmp_path):
-    loo = evaluation.leave_one_out(data)
-    burst = evaluation.exclusion_mask(data, loo, same_burst=True, burst_seconds=60).toarray()
-    day = evaluation.exclusion_mask(data, loo, same_day=True).toarray()
+    loo = leave_one_out(data)
+    burst = exclusion_mask(data, loo, same_burst=True, burst_seconds=60).toarray()
+    day = exclusion_mask(data, loo, same_day=True).toarray()
     t = data.captured_at
     ok = ~np.isnat(t)
     dt_s = np.abs((t[:, None] - t[None, :]).astype("timedelta64[s]").astype(np.int64))
@@ -135,8 +141,8 @@ def test_same_burst_and_same_day_exclusions(inputs, data, tmp_path):
 
 
 def test_nearest_ranks_like_retrieval_metrics(data):
-    loo = evaluation.leave_one_out(data)
-    mask = evaluation.exclusion_mask(data, loo, same_day=True)
+    loo = leave_one_out(data)
+    mask = exclusion_mask(data, loo, same_day=True)
     m = metrics.retrieval_metrics(data.emb, data.labels, query_ids=data.ids, exclude=mask)
     nb = metrics.nearest(data.emb, k=10, query_ids=data.ids, exclude=mask, query_labels=data.labels)
     has_pos = nb.n_positives > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reid.errors import ReidError
-from reid.metrics import retrieval_metrics
+from reid.evaluation.metrics import retrieval_metrics
 
 
 def _unit(*vecs):
@@ -68,7 +68,7 @@ def test_singletons_are_not_counted_and_bad_input_is_named():
 
 
 def test_blocks_match_single_pass(monkeypatch):
-    import reid.metrics as metrics
+    from reid.evaluation import metrics
 
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(50, 8)).astype(np.float32)
@@ -80,8 +80,9 @@ def test_blocks_match_single_pass(monkeypatch):
 
 def test_key_mismatch_equals_a_dense_mask():
     """Only like flanks compared: KeyMismatch (blockwise, no [Q, G] mask) == the dense mask it stands for."""
-    import reid.metrics as metrics
-    from reid.evaluation import n_excluded, pair_scores
+    from reid.evaluation import metrics
+    from reid.evaluation.exclusions import n_excluded
+    from reid.evaluation.scoring import pair_scores
 
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(60, 8)).astype(np.float32)

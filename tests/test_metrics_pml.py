@@ -1,4 +1,4 @@
-"""reid.metrics against pytorch-metric-learning's AccuracyCalculator on the same embeddings."""
+"""reid.evaluation.metrics against pytorch-metric-learning's AccuracyCalculator on the same embeddings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from reid.metrics import retrieval_metrics
+from reid.evaluation.metrics import retrieval_metrics
 
 INCLUDE = ("precision_at_1", "mean_average_precision_at_r", "mean_average_precision")
 

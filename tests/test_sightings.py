@@ -13,8 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid import evaluation, matching, sightings
 from reid import index as rindex
+from reid import matching, sightings
+from reid.evaluation.data import eval_data
+from reid.evaluation.exclusions import exclusion_mask, validation_exclusion
+from reid.evaluation.protocols import Protocol, leave_one_out
 
 T0 = dt.datetime(2023, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 S = dt.timedelta(seconds=1)
@@ -134,14 +137,14 @@ def test_missing_columns_mean_unknown():
 def test_train_validation_exclusion_is_the_shared_rule(rule, shared, dense_max):
     meta = metadata()
     order = IDS[::-1]  # validation order differs from the table's
-    got = evaluation.validation_exclusion(meta, order, rule, 60.0, dense_max=dense_max)
+    got = validation_exclusion(meta, order, rule, 60.0, dense_max=dense_max)
     if dense_max:
         assert got.shape == (len(IDS), len(IDS))
         got = {(order[r], order[c]) for r, c in zip(*np.nonzero(got), strict=True)}
     else:
         got = set(got)
     assert got == named(shared(meta))
-    assert evaluation.validation_exclusion(meta, order, "none") is None
+    assert validation_exclusion(meta, order, "none") is None
 
 
 @pytest.mark.parametrize(
@@ -151,12 +154,12 @@ def test_train_validation_exclusion_is_the_shared_rule(rule, shared, dense_max):
 )
 def test_evaluate_exclusion_mask_is_the_shared_rule(flags, rule):
     meta = metadata()
-    data = evaluation.eval_data(meta)
-    loo = evaluation.leave_one_out(data)
-    mask = evaluation.exclusion_mask(data, loo, burst_seconds=60.0, **flags).tocoo()
+    data = eval_data(meta)
+    loo = leave_one_out(data)
+    mask = exclusion_mask(data, loo, burst_seconds=60.0, **flags).tocoo()
     assert named((mask.row, mask.col)) == named(rule(meta))
-    split = evaluation.Protocol("split", np.arange(6), np.arange(3, len(IDS)), "first six against the rest")
-    mask = evaluation.exclusion_mask(data, split, burst_seconds=60.0, **flags).tocoo()
+    split = Protocol("split", np.arange(6), np.arange(3, len(IDS)), "first six against the rest")
+    mask = exclusion_mask(data, split, burst_seconds=60.0, **flags).tocoo()
     q, g = meta.slice(0, 6), meta.slice(3)
     expected = {(a, b) for a, b in named(rule(q, g), IDS[:6], IDS[3:]) if a != b}  # itself: never a candidate
     assert named((mask.row, mask.col), IDS[:6], IDS[3:]) == expected

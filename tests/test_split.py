@@ -255,12 +255,12 @@ def test_cli(small_archive, tmp_path, capsys):
 
 def test_closed_photo_split_carries_its_caveat_into_evaluation(small_archive, tmp_path):
     """`reid evaluate --protocol split` says that a by-photo split may put one sighting on both sides."""
-    from reid import evaluation
+    from reid.evaluation.protocols import read_split_table, split_caveat
 
     out = str(tmp_path / "photo.parquet")
     run_split(SplitConfig(archive=small_archive, out=out, kind="closed-photo"))
-    table = evaluation.read_split_table(out)
-    assert "may sit on both sides" in evaluation.split_caveat(table)
+    table = read_split_table(out)
+    assert "may sit on both sides" in split_caveat(table)
     other = str(tmp_path / "closed.parquet")
     run_split(SplitConfig(archive=small_archive, out=other, kind="identity"))
-    assert evaluation.split_caveat(evaluation.read_split_table(other)) == ""
+    assert split_caveat(read_split_table(other)) == ""

@@ -112,7 +112,7 @@ def masked_blocks(
     block: int | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Query blocks of the similarity matrix, with what each query must not match set to -inf
-    (the one masking rule of the metrics here and of :func:`reid.evaluation.pair_scores`).
+    (the one masking rule of the metrics here and of :func:`reid.evaluation.scoring.pair_scores`).
 
     ``block`` (queries per block) defaults to what keeps [block, gallery] arrays bounded. Yields
     ``(q0, q1, sim, ignore)``; memory stays O(block x gallery). Ignored: the query itself
