@@ -128,20 +128,22 @@ def sgemm_gflops(
 
 
 def faiss_flat_gflops_cpu(m: int = 8192, n: int = 16384, d: int = 512, k: int = 11, reps: int = 3) -> float:
-    """The exact kernel each task runs (reid.index.search on a Flat shard: numpy sgemm blocks +
+    """The exact kernel each task runs (reid.search.faiss_index.search on a Flat shard: numpy sgemm blocks +
     FAISS's top-k heap), alone, one thread, per CPU-second."""
-    from reid import index as rindex
+    from reid.search import faiss_index
 
-    rindex.set_threads(1)
+    faiss_index.set_threads(1)
     rng = np.random.default_rng(0)
-    index = rindex.build_shard(rindex.make_index("Flat", d), rng.standard_normal((n, d), dtype=np.float32))
+    index = faiss_index.build_shard(
+        faiss_index.make_index("Flat", d), rng.standard_normal((n, d), dtype=np.float32)
+    )
     q = rng.standard_normal((m, d), dtype=np.float32)
     best = 0.0
     for _ in range(reps):
         t = time.process_time()
-        rindex.search(index, q, k)
+        faiss_index.search(index, q, k)
         best = max(best, 2.0 * m * n * d / (time.process_time() - t) / 1e9)
-    rindex.set_threads(os.cpu_count())
+    faiss_index.set_threads(os.cpu_count())
     return best
 
 
@@ -184,10 +186,10 @@ def _peak_rss() -> int:
 
 def _mem_child(kind: str, n: int, dim: int, k: int, q) -> None:
     """In a fresh process: all-vs-all top-k at N, streaming (reid) or dense; reports peak RSS."""
-    from reid import index as rindex
     from reid import matching
+    from reid.search import faiss_index
 
-    rindex.set_threads(1)
+    faiss_index.set_threads(1)
     pop = Population(n, dim, groups=max(1, n // 500), per_individual=10, spread=1.0, noise=1.0)
     x, _ = pop.photos(n, 1)
     base = _peak_rss()  # interpreter + libraries + the N x d input
@@ -203,7 +205,7 @@ def _mem_child(kind: str, n: int, dim: int, k: int, q) -> None:
     else:
         shard_size, block = max(1, n // 4), 4096
         shards = [
-            rindex.build_shard(rindex.make_index("Flat", dim), x[lo : lo + shard_size])
+            faiss_index.build_shard(faiss_index.make_index("Flat", dim), x[lo : lo + shard_size])
             for lo in range(0, n, shard_size)
         ]
         ids = pa.table({"image_id": [str(i) for i in range(n)]})

@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from reid.index import IndexInfo
+    from reid.embeddings import Block
     from reid.matching import Exclusions
-    from reid.search import Block
+    from reid.search.index_store import IndexInfo
 
 console = Console(stderr=True)
 
@@ -344,32 +344,32 @@ def knn(
     desc: str = "match",
     window: int = 16,
 ) -> Iterator[tuple[Block, pa.Table, np.ndarray, np.ndarray]]:
-    """(shard x query block) searches of :mod:`reid.search` as Ray tasks (``reid match`` and
+    """(shard x query block) searches of :mod:`reid.search.allvsall` as Ray tasks (``reid match`` and
     ``reid index``'s calibration); yields (block, query metadata, scores [n,k], global ids [n,k])
     as blocks complete; each block keeps a running top-k merged from its shards' results.
     """
     import ray
 
     from cluster.runtime import task_env
-    from reid import search
+    from reid.search import allvsall
 
     res = ray.cluster_resources()
     n_gpus = int(res.get("GPU", 0)) if gpu is not False else 0
     if gpu and not n_gpus:
         raise ConfigError("--gpu was asked for, but the Ray cluster has no GPU")
     n_workers = workers or (n_gpus or max(1, int(res.get("CPU", 1))))
-    task = ray.remote(search.search_task).options(
+    task = ray.remote(allvsall.search_task).options(
         num_cpus=1, num_gpus=1 if n_gpus else 0, runtime_env=task_env(), max_retries=2
     )
-    reader = ray.remote(search.read_task).options(
+    reader = ray.remote(allvsall.read_task).options(
         num_cpus=1, num_returns=2, runtime_env=task_env(), max_retries=2
     )
     data: dict[int, object] = {}  # block id -> ref of (vectors, metadata), until the block completes
     read_timings = []
     by_id = {b.id: b for b in blocks}
-    merger = search.BlockMerger(len(info.shards), k)
+    merger = allvsall.BlockMerger(len(info.shards), k)
     pending: dict = {}
-    todo = iter(search.task_order(len(info.shards), blocks, window))
+    todo = iter(allvsall.task_order(len(info.shards), blocks, window))
     timing = dict.fromkeys(["load_s", "search_s", "search_cpu_s", "cpu_s"], 0.0)  # summed over tasks
     driver_cpu = time.process_time()
     bar = progress(None, total=sum(b.n for b in blocks), desc=desc, unit="query")

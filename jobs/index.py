@@ -31,12 +31,13 @@ from jobs.common import (
     print_summary,
     ray_get,
 )
-from reid import index as rindex
-from reid import manifest, matching, storage
+from reid import embeddings, manifest, matching, storage
+from reid.embeddings import Block, RowRange, embeddings_ranges
 from reid.errors import ConfigError, ReidError
-from reid.index import IndexInfo, RowRange, ShardInfo
 from reid.schema import CARRIED_COLUMNS, check_unique
-from reid.search import Block, embeddings_ranges, gallery_table
+from reid.search import faiss_index, index_store
+from reid.search.allvsall import gallery_table
+from reid.search.index_store import IndexInfo, ShardInfo
 
 JOB = "index"
 SAMPLE_CHUNK = 256  # rows per randomly chosen chunk when sampling (few row-group reads)
@@ -119,7 +120,7 @@ def sample_chunks(ranges: list[RowRange], eligible: np.ndarray | None, want: int
 
     Positions index the chunk's rows; ``eligible`` is a mask over the concatenated ranges.
     """
-    chunks = rindex.split_ranges(ranges, SAMPLE_CHUNK)
+    chunks = embeddings.split_ranges(ranges, SAMPLE_CHUNK)
     starts = np.cumsum([0] + [sum(r.rows for r in c) for c in chunks])
     order = np.random.default_rng(seed).permutation(len(chunks))
     chosen, total = [], 0
@@ -139,21 +140,21 @@ def sample_chunks(ranges: list[RowRange], eligible: np.ndarray | None, want: int
 
 
 def _read_rows(ranges: list[RowRange], columns: list[str]) -> pa.Table:
-    return pa.concat_tables([rindex.read_range(r, columns) for r in ranges])
+    return pa.concat_tables([embeddings.read_range(r, columns) for r in ranges])
 
 
 def train_task(
     factory: str, dim: int, sample: list[tuple], n: int, out_uri: str, gpu: bool, seed: int
 ) -> int:
     """Train the shared quantizer on the sampled rows and save the empty trained index."""
-    rindex.set_threads(1)
-    parts = [rindex.vectors_of(_read_rows(rr, ["embedding"]).take(pa.array(pos))) for rr, pos in sample]
+    faiss_index.set_threads(1)
+    parts = [embeddings.vectors_of(_read_rows(rr, ["embedding"]).take(pa.array(pos))) for rr, pos in sample]
     vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     if len(vectors) > n:
         vectors = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), n, replace=False))]
-    rindex.check_normalised(vectors, "training sample")
-    index = rindex.train(factory, vectors, gpu)
-    rindex.save_faiss(index, out_uri)
+    embeddings.check_normalised(vectors, "training sample")
+    index = faiss_index.train(factory, vectors, gpu)
+    faiss_index.save_faiss(index, out_uri)
     return len(vectors)
 
 
@@ -168,16 +169,18 @@ def build_task(
     gpu: bool,
 ) -> int:
     """One shard: read its rows, add them to the trained index, write FAISS file then id table."""
-    rindex.set_threads(1)
+    faiss_index.set_threads(1)
     table = _read_rows(ranges, ["image_id", "embedding", "model_id", *CARRIED_COLUMNS])
     if model_id is not None:
-        rindex.check_model(table, model_id, ranges[0].uri, "re-run `reid embed`")
-    vectors = rindex.vectors_of(table)
-    rindex.check_normalised(vectors, ", ".join(sorted({r.uri for r in ranges})))
-    trained = rindex.load_faiss(trained_uri) if trained_uri else rindex.make_index(factory, dim)
-    index = rindex.build_shard(trained, vectors, gpu)
-    rindex.save_faiss(index, storage.join(version_uri, name + ".faiss"))
-    storage.write_parquet(table.select(rindex.ID_COLUMNS), storage.join(version_uri, name + ".ids.parquet"))
+        embeddings.check_model(table, model_id, ranges[0].uri, "re-run `reid embed`")
+    vectors = embeddings.vectors_of(table)
+    embeddings.check_normalised(vectors, ", ".join(sorted({r.uri for r in ranges})))
+    trained = faiss_index.load_faiss(trained_uri) if trained_uri else faiss_index.make_index(factory, dim)
+    index = faiss_index.build_shard(trained, vectors, gpu)
+    faiss_index.save_faiss(index, storage.join(version_uri, name + ".faiss"))
+    storage.write_parquet(
+        table.select(index_store.ID_COLUMNS), storage.join(version_uri, name + ".ids.parquet")
+    )
     return len(table)
 
 
@@ -234,8 +237,8 @@ def _cleanup(out: str, keep: list[str], keep_versions: int) -> list[str]:
     survivors = list(dict.fromkeys(keep))[:keep_versions]
     committed = []
     removed = []
-    for v in rindex.list_versions(out):
-        m = manifest.read_manifest(storage.join(out, rindex.VERSIONS, v))
+    for v in index_store.list_versions(out):
+        m = manifest.read_manifest(storage.join(out, index_store.VERSIONS, v))
         if m is not None and v not in survivors:
             committed.append((m.get("ended_at", ""), v))
         elif m is None and v not in survivors:
@@ -246,7 +249,7 @@ def _cleanup(out: str, keep: list[str], keep_versions: int) -> list[str]:
         else:
             removed.append(v)
     for v in removed:
-        storage.delete(storage.join(out, rindex.VERSIONS, v))
+        storage.delete(storage.join(out, index_store.VERSIONS, v))
     return sorted(removed)
 
 
@@ -263,8 +266,8 @@ def run(cfg: IndexConfig) -> dict:
         raise ReidError(f"{cfg.out} holds the output of `reid {m.get('job')}`; choose another --out")
     plan = plan_inputs(cfg.embeddings)
     dim, n = plan["dim"], plan["n"]
-    factory = cfg.factory or rindex.choose_factory(n, dim)
-    trained_needed = rindex.needs_training(factory, dim)  # also validates the factory string
+    factory = cfg.factory or faiss_index.choose_factory(n, dim)
+    trained_needed = faiss_index.needs_training(factory, dim)  # also validates the factory string
     if trained_needed and cfg.train_sample is not None and cfg.train_sample < 2:
         raise ConfigError("train_sample must be at least 2")
     version = _version_key(cfg, plan, factory)
@@ -276,11 +279,11 @@ def run(cfg: IndexConfig) -> dict:
     if cfg.gpu and not n_gpus:
         raise ConfigError("--gpu was asked for, but the Ray cluster has no GPU")
     task = {"num_cpus": 1, "num_gpus": 1 if n_gpus else 0, "runtime_env": task_env()}
-    vuri = storage.join(cfg.out, rindex.VERSIONS, version)
+    vuri = storage.join(cfg.out, index_store.VERSIONS, version)
     shards, offset = [], 0
-    for i, group in enumerate(rindex.split_ranges(plan["ranges"], cfg.shard_size)):
+    for i, group in enumerate(embeddings.split_ranges(plan["ranges"], cfg.shard_size)):
         rows = sum(r.rows for r in group)
-        shards.append(ShardInfo(rindex.shard_name(i), rows, offset, group))
+        shards.append(ShardInfo(index_store.shard_name(i), rows, offset, group))
         offset += rows
 
     timings = {}
@@ -288,7 +291,7 @@ def run(cfg: IndexConfig) -> dict:
     if trained_needed:
         t = time.perf_counter()
         trained_uri = storage.join(vuri, "trained.faiss")
-        want = cfg.train_sample or rindex.train_sample_size(factory, n)
+        want = cfg.train_sample or faiss_index.train_sample_size(factory, n)
         if not storage.exists(trained_uri):
             sample = sample_chunks(plan["ranges"], None, want, cfg.seed)
             train = ray.remote(train_task).options(**task)
@@ -312,17 +315,17 @@ def run(cfg: IndexConfig) -> dict:
         factory=factory,
         model_id=plan["model_id"],
         shards=shards,
-        nprobe=cfg.nprobe or rindex.default_nprobe(factory),
+        nprobe=cfg.nprobe or faiss_index.default_nprobe(factory),
         sources=list(cfg.embeddings),
         counts={"images": n, "shards": len(shards), "per_input": plan["rows"]},
         created_at=started,
     )
-    rindex.write_info(info)
+    index_store.write_info(info)
     t = time.perf_counter()
     calibration = calibrate(cfg, info, cfg.gpu)
     timings["calibrate_s"] = round(time.perf_counter() - t, 3)
     info.threshold, info.calibration = calibration.get("threshold"), calibration
-    rindex.write_info(info)
+    index_store.write_info(info)
 
     summary = {
         "version": version,

@@ -1,4 +1,8 @@
-"""`reid ingest SRC OUT`: photo folders or manifests into a Parquet image archive (local or s3://).
+"""`reid ingest SRC OUT`: photo folders or metadata files into a Parquet image archive (local or s3://).
+
+SRC may be a folder, a CSV/JSON manifest, a wildlife-datasets table, a COCO file, MegaDetector
+batch output or a Camtrap DP package, detected from SRC or named with ``--format``
+(:mod:`reid.formats`).
 
 Every candidate (an annotation: a photo, or one box in it) is accounted for in the summary:
 ``candidates = written + rejected + duplicates_of_existing``. Repeats within the input are
@@ -13,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from jobs.common import parse_config, print_summary, progress
 from reid import archive, ingest, manifest, storage
@@ -22,7 +26,10 @@ JOB = "ingest"
 
 
 class IngestConfig(BaseModel):
-    src: str = Field(description="folder with one subfolder per individual, or a CSV/JSON manifest")
+    src: str = Field(
+        description="folder with one subfolder per individual, or a metadata file (manifest, "
+        "wildlife-datasets table, COCO, MegaDetector output, Camtrap DP package)"
+    )
     out: str = Field(description="archive location: a path or s3://bucket/prefix")
     species: str | None = None
     survey: str | None = None
@@ -34,6 +41,31 @@ class IngestConfig(BaseModel):
         le=10_000,
         description="pixels decoded at once, all threads",
     )
+    format: str | None = Field(
+        None, description=f"input format (default: detected): {', '.join(ingest.FORMATS)}"
+    )
+    image_root: str | None = Field(None, description="folder the metadata's file names are relative to")
+    min_confidence: float = Field(
+        ingest.ReadOptions.min_confidence,
+        ge=0.0,
+        le=1.0,
+        description="MegaDetector: lowest detection confidence kept",
+    )
+    categories: list[str] = Field(
+        list(ingest.ReadOptions.categories),
+        min_length=1,
+        description="MegaDetector: detection categories kept",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str | None) -> str | None:
+        if v is not None and v not in ingest.FORMATS:
+            raise ValueError(f"unknown format {v!r}; use one of {', '.join(ingest.FORMATS)}")
+        return v
+
+    def read_options(self) -> ingest.ReadOptions:
+        return ingest.ReadOptions(self.image_root, self.min_confidence, tuple(self.categories))
 
 
 def _plan(
@@ -77,7 +109,7 @@ def run(cfg: IngestConfig) -> dict:
     manifest.ensure_writable_output(cfg.out, JOB, force=True)
     previous = manifest.read_manifest(cfg.out)
     src = ingest.absolute_uri(cfg.src)
-    candidates = ingest.scan(src, species=cfg.species, survey=cfg.survey)
+    candidates = ingest.scan(src, cfg.species, cfg.survey, cfg.format, cfg.read_options())
     existing = archive.existing_metadata(cfg.out, list(ingest.COMPARED))
     todo, rejects, changes, present = _plan(candidates, existing)
     writer = archive.ArchiveWriter(cfg.out, skip_ids=existing)
@@ -122,7 +154,11 @@ def run(cfg: IngestConfig) -> dict:
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest_cmd(
-        src: str = typer.Argument(..., help="photo folder (SRC/<individual>/<photo>) or CSV/JSON manifest"),
+        src: str = typer.Argument(
+            ...,
+            help="photo folder (SRC/<individual>/<photo>), manifest, wildlife-datasets table, COCO, "
+            "MegaDetector JSON or Camtrap DP package",
+        ),
         out: str = typer.Argument(..., help="archive output: path or s3://bucket/prefix"),
         species: str = typer.Option(None, help="species of every photo (unless the manifest says)"),
         survey: str = typer.Option(None, help="survey label, e.g. 2023 (unless the manifest says)"),
@@ -133,6 +169,10 @@ def register(app: typer.Typer) -> None:
         decode_megapixels: int = typer.Option(
             ingest.DECODE_PIXEL_BUDGET // 1_000_000, help="megapixels decoded at once by all threads"
         ),
+        format: str = typer.Option(None, "--format", help=f"input format: {', '.join(ingest.FORMATS)}"),
+        image_root: str = typer.Option(None, help="folder the metadata's file names are relative to"),
+        min_confidence: float = typer.Option(None, help="MegaDetector: lowest confidence kept (default 0.2)"),
+        category: list[str] = typer.Option(None, help="MegaDetector: category kept (repeat; default animal)"),
     ):
         """Ingest photos into a Parquet image archive; unreadable files go to OUT/_rejects.parquet."""
         cfg = parse_config(
@@ -145,6 +185,10 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             update=update,
             decode_megapixels=decode_megapixels,
+            format=format,
+            image_root=image_root,
+            **({"min_confidence": min_confidence} if min_confidence is not None else {}),
+            **({"categories": category} if category else {}),
         )
         summary = run(cfg)
         print_summary(JOB, summary)

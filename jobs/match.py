@@ -1,6 +1,6 @@
 """`reid match INDEX --out MATCHES [--k 10] [--query EMBEDDINGS]`: sharded all-vs-all k-NN.
 
-Work = (shard x query block) Ray tasks (:func:`jobs.common.knn` running :mod:`reid.search`): a read
+Work = (shard x query block) Ray tasks (:func:`jobs.common.knn` running :mod:`reid.search.allvsall`): a read
 task loads each block of queries once from the embeddings files into the object store, and every
 search task takes one block and one shard (kept loaded in the worker between tasks, on a GPU when
 the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it holds
@@ -38,10 +38,11 @@ from jobs.common import (
     parse_config,
     print_summary,
 )
-from reid import index as rindex
 from reid import manifest, matching, population, storage
-from reid.index import IndexInfo
-from reid.search import Block, blocks_from_ranges, embeddings_ranges, gallery_table
+from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
+from reid.search import index_store
+from reid.search.allvsall import gallery_table
+from reid.search.index_store import IndexInfo
 
 JOB = "match"
 PLAN = "_plan.json"
@@ -141,13 +142,13 @@ def run(cfg: MatchConfig) -> dict:
 
     started, t0 = manifest.now(), time.perf_counter()
     check_locations(cfg)
-    info = rindex.open_index(cfg.index)
+    info = index_store.open_index(cfg.index)
     if cfg.query is None:
         ranges = [r for s in info.shards for r in s.ranges]
         source = "all-vs-all"
     else:
         ranges, dim, model_id = embeddings_ranges(cfg.query)
-        rindex.check_compatible(info, model_id, dim, cfg.query)
+        index_store.check_compatible(info, model_id, dim, cfg.query)
         source = cfg.query
     blocks = blocks_from_ranges(ranges, cfg.query_block)
     nprobe = cfg.nprobe or info.nprobe

@@ -6,10 +6,10 @@ name means unlabelled (``reid.schema.UNLABELLED_NAMES``: unknown, unidentified, 
 individual. A ``survey=2023`` folder anywhere in the path sets the survey. Folders are walked
 without looping through directory links, and a file reached twice through links counts once.
 
-Manifests (.csv / .json / .jsonl; a CSV may start with Excel's byte-order mark) have one row per
-annotation (an animal in a photo) with a ``path`` column (relative to the manifest) and optional
-individual_id, captured_at, camera_id, bbox, viewpoint, survey, species, annotation_id. Several
-rows may name one photo (several animals, each with its bbox).
+Metadata files (a plain CSV/JSON manifest, a wildlife-datasets table, COCO, MegaDetector output,
+a Camtrap DP package) are read by :mod:`reid.formats`, detected by extension and content or named
+with ``--format``; each gives one candidate per annotation (an animal in a photo), and records it
+cannot use are candidates with a ``problem`` that :func:`load` turns into rejects.
 
 Ids: ``photo_id`` = hash(survey, normalised path); ``image_id`` (one per annotation) = the
 photo_id when the whole photo is used, hash(survey, path, bbox) for a box, or hash(survey,
@@ -19,49 +19,42 @@ annotation_id) when the manifest gives the user's own annotation id (kept as a c
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime as dt
 import io
-import json
 import os
-import posixpath
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from reid import imageio, storage
+from PIL import Image
+
+from reid import formats, imageio, storage
 from reid.archive import row_too_big, stable_id
 from reid.errors import ReidError
+from reid.formats import FORMATS, ReadOptions
+from reid.formats.base import Candidate
 from reid.schema import individual_or_none
+
+__all__ = [
+    "COMPARED",
+    "DECODE_PIXEL_BUDGET",
+    "FORMATS",
+    "Candidate",
+    "PixelBudget",
+    "ReadOptions",
+    "absolute_uri",
+    "differences",
+    "duplicate_reason",
+    "image_id_for",
+    "load",
+    "photo_id_for",
+    "scan",
+]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 # Pixels decoded at once by all ingest threads together (~3 bytes each in RGB, more while
 # converting): a photo larger than this still decodes, but alone.
 DECODE_PIXEL_BUDGET = 64_000_000
-MANIFEST_EXTENSIONS = {".csv", ".json", ".jsonl"}
 _VIEWPOINT = re.compile(r"(?:^|[_\-\s.])(left|right|front|back|top)(?:$|[_\-\s.])", re.I)
-
-
-@dataclass
-class Candidate:
-    """One annotation to ingest (a photo, or a box in it): where it is and what the source says.
-
-    ``problem``: a reason found while scanning (bad bbox, duplicate link) that makes it a reject.
-    """
-
-    uri: str
-    relpath: str
-    individual_id: str | None = None
-    survey: str | None = None
-    species: str | None = None
-    captured_at: dt.datetime | None = None
-    camera_id: str | None = None
-    viewpoint: str | None = None
-    bbox: dict | None = None
-    annotation_id: str | None = None
-    problem: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class PixelBudget:
@@ -101,18 +94,32 @@ def absolute_uri(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-def scan(src: str, species: str | None = None, survey: str | None = None) -> list[Candidate]:
-    """List the annotations of a folder or manifest (no decoding yet); sources are absolute."""
+def scan(
+    src: str,
+    species: str | None = None,
+    survey: str | None = None,
+    fmt: str | None = None,
+    options: ReadOptions | None = None,
+) -> list[Candidate]:
+    """List the annotations of a folder or metadata file (no decoding yet); sources are absolute.
+
+    ``fmt``: one of :data:`reid.formats.FORMATS` (default: detected from ``src``).
+    """
     src = absolute_uri(src)
     if not storage.exists(src):
-        raise ReidError(f"{src}: not found; give a folder of photos or a CSV/JSON manifest")
-    ext = os.path.splitext(src)[1].lower()
-    if not storage.is_dir(src):
-        if ext not in MANIFEST_EXTENSIONS:
-            raise ReidError(f"{src}: not a folder nor a .csv/.json/.jsonl manifest")
-        cands = _scan_manifest(src)
-    else:
+        raise ReidError(f"{src}: not found; give a folder of photos or a metadata file (CSV, JSON, COCO...)")
+    fmt = fmt or formats.detect(src)
+    if fmt == "folder":
+        if not storage.is_dir(src):
+            raise ReidError(f"{src}: --format folder needs a folder of photos")
         cands = _scan_folder(src)
+    else:
+        options = options or ReadOptions()
+        if options.image_root:
+            options = ReadOptions(
+                absolute_uri(options.image_root), options.min_confidence, options.categories
+            )
+        cands = formats.read(src, fmt, options)
     for c in cands:
         c.species = c.species or species
         c.survey = c.survey or survey
@@ -162,7 +169,7 @@ def _walk_local(root: str) -> list[tuple[str, str | None]]:
 
 def _scan_folder(src: str) -> list[Candidate]:
     out = []
-    if storage.is_s3(src):
+    if storage.is_remote(src):
         files: list[tuple[str, str | None]] = [(u, None) for u in storage.list_files(src)]
     else:
         files = _walk_local(src)
@@ -188,137 +195,6 @@ def _scan_folder(src: str) -> list[Candidate]:
             )
         )
     return out
-
-
-def _read_manifest_text(src: str) -> str:
-    data = storage.read_bytes(src)
-    try:
-        return data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
-    except UnicodeDecodeError as e:
-        raise ReidError(
-            f"{src}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8 (Excel: CSV UTF-8)"
-        ) from e
-
-
-def _scan_manifest(src: str) -> list[Candidate]:
-    text = _read_manifest_text(src)
-    ext = os.path.splitext(src)[1].lower()
-    try:
-        if ext == ".csv":
-            records = list(csv.DictReader(io.StringIO(text)))
-        elif ext == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text)
-            records = data["images"] if isinstance(data, dict) and "images" in data else data
-    except (ValueError, KeyError, csv.Error) as e:
-        raise ReidError(f"{src}: cannot parse manifest: {e}") from e
-    if not isinstance(records, list):
-        raise ReidError(f"{src}: a JSON manifest must be a list of objects (or {{'images': [...]}})")
-    base = src.rsplit("/", 1)[0] if "/" in src else "."
-    out = []
-    for i, r in enumerate(records, start=2 if ext == ".csv" else 1):
-        if not isinstance(r, dict):
-            raise ReidError(f"{src}: record {i} is not an object with a 'path'")
-        r = {str(k).strip().lower(): v for k, v in r.items() if k is not None}
-        raw_path = _none(r.get("path") or r.get("file") or r.get("image"))
-        if not raw_path:
-            raise ReidError(f"{src}: record {i} has no 'path' (columns: {', '.join(r) or 'none'})")
-        path = _normpath(raw_path)
-        uri = path if (path.startswith("s3://") or os.path.isabs(path)) else _join(base, path)
-        try:
-            bbox, problem = _parse_bbox(r)
-            c = Candidate(
-                uri=uri,
-                relpath=path,
-                individual_id=individual_or_none(
-                    _first(r, "individual_id", "individual", "identity", "individual_name")
-                ),
-                survey=_none(r.get("survey")),
-                species=_none(r.get("species")),
-                captured_at=_parse_time(r.get("captured_at") or r.get("timestamp") or r.get("date")),
-                camera_id=_none(r.get("camera_id") or r.get("camera")),
-                viewpoint=_none(r.get("viewpoint")),
-                bbox=bbox,
-                annotation_id=_none(r.get("annotation_id")),
-                problem=problem,
-            )
-        except ValueError as e:
-            raise ReidError(f"{src}: record {i} ({raw_path}): {e}") from e
-        out.append(c)
-    return out
-
-
-def _first(r: dict, *keys: str):
-    """The first of ``keys`` present with a non-empty value (so "unknown" is not skipped over)."""
-    for k in keys:
-        if _none(r.get(k)) is not None:
-            return r[k]
-    return None
-
-
-def _normpath(path: str) -> str:
-    """One spelling per file: ``./img/b.jpg`` and ``img/../img/b.jpg`` are ``img/b.jpg``."""
-    if path.startswith("s3://"):
-        return "s3://" + posixpath.normpath(path[5:])
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    return posixpath.normpath(path.replace(os.sep, "/"))
-
-
-def _join(base: str, rel: str) -> str:
-    return (
-        ("s3://" + posixpath.normpath(posixpath.join(base[5:], rel)))
-        if base.startswith("s3://")
-        else (os.path.normpath(os.path.join(base, rel)))
-    )
-
-
-def _none(v):
-    if v is None:
-        return None
-    v = str(v).strip()
-    return v or None
-
-
-def _parse_time(v) -> dt.datetime | None:
-    v = _none(v)
-    if v is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            t = dt.datetime.strptime(v, "%Y:%m:%d %H:%M:%S")
-        except ValueError as e:
-            raise ValueError(f"captured_at {v!r} is not an ISO date/time") from e
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-
-
-def _parse_bbox(r: dict) -> tuple[dict | None, str | None]:
-    """The bbox of a record and, when its values are unusable (nan, inf, w/h <= 0), why.
-
-    A malformed bbox (not four numbers) raises: the manifest itself is wrong.
-    """
-    raw = r.get("bbox")
-    if isinstance(raw, dict):
-        vals = [raw.get(k) for k in ("x", "y", "w", "h")]
-    elif isinstance(raw, (list, tuple)):
-        vals = list(raw)
-    elif _none(raw):
-        vals = re.split(r"[,\s;]+", str(raw).strip("[]() "))
-    elif all(_none(r.get(f"bbox_{k}")) for k in ("x", "y", "w", "h")):
-        vals = [r[f"bbox_{k}"] for k in ("x", "y", "w", "h")]
-    else:
-        return None, None
-    if len(vals) != 4:
-        raise ValueError(f"bbox must be x,y,w,h in pixels, got {raw!r}")
-    try:
-        x, y, w, h = (float(v) for v in vals)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"bbox must be x,y,w,h in pixels, got {raw!r}") from e
-    box = {"x": x, "y": y, "w": w, "h": h}
-    return box, imageio.bbox_problem(box)
 
 
 # Columns compared with the archive on re-ingest (a corrected label must not pass unnoticed).
@@ -387,10 +263,11 @@ def load(c: Candidate, budget: PixelBudget | None = None) -> tuple[dict | None, 
     too_big = row_too_big(row)
     if too_big:
         return None, {**reject, "reason": too_big}
+    bbox = pixel_box(data, c.bbox) if (c.bbox_normalized and c.bbox) else c.bbox
     # A full decode (JPEGs in draft mode) catches truncated and corrupt files now, not mid-training.
-    pixels = imageio.decode_pixels(data, c.bbox, target_size=64) if budget else 0
+    pixels = imageio.decode_pixels(data, bbox, target_size=64) if budget else 0
     with budget.hold(pixels) if budget else contextlib.nullcontext():
-        dec = imageio.decode(data, bbox=c.bbox, target_size=64, roi=False)  # every byte checked
+        dec = imageio.decode(data, bbox=bbox, target_size=64, roi=False)  # every byte checked
         damage = imageio.jpeg_damage(data) if dec.ok else None
     if not dec.ok:
         return None, {**reject, "reason": dec.reason}
@@ -403,7 +280,7 @@ def load(c: Candidate, budget: PixelBudget | None = None) -> tuple[dict | None, 
         captured_at=c.captured_at or imageio.capture_time(data),
         camera_id=c.camera_id,
         viewpoint=c.viewpoint,
-        bbox=c.bbox,
+        bbox=bbox,
         source=c.uri,
         width=dec.width,
         height=dec.height,
@@ -411,3 +288,20 @@ def load(c: Candidate, budget: PixelBudget | None = None) -> tuple[dict | None, 
         annotation_id=c.annotation_id,
     )
     return row, None
+
+
+def pixel_box(data: bytes, box: dict) -> dict:
+    """A box in fractions of the upright image (x, y, w, h in 0..1) in pixels of that image.
+
+    The size comes from the header (EXIF orientations 5-8 swap it, as MegaDetector's loader
+    rotates photos upright before detecting); an unreadable header leaves the box for decode to
+    refuse with its own reason.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if int(img.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8):
+            w, h = h, w
+    except Exception:  # noqa: BLE001 - decode() names what is wrong with the file
+        return box
+    return {"x": box["x"] * w, "y": box["y"] * h, "w": box["w"] * w, "h": box["h"] * h}

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid import index as rindex
 from reid import sightings
 from reid.errors import ConfigError
 from reid.schema import MATCHES_SCHEMA
+from reid.search import faiss_index
 
 GPU_MAX_K = 2048
 MATCH_COLUMNS = MATCHES_SCHEMA.names + ["query_survey", "neighbor_survey", "neighbor_individual_id"]
@@ -125,7 +125,7 @@ def search_shard(
     only the queries left with fewer than k allowed neighbours.
     """
     if not exclude.any:
-        return rindex.search(index, queries, k, nprobe)
+        return faiss_index.search(index, queries, k, nprobe)
     if gallery is None or query_meta is None:
         raise ValueError("exclusions need the query metadata and the shard's id table")
     n, ntotal = len(queries), index.ntotal
@@ -136,7 +136,7 @@ def search_shard(
     todo = np.arange(n)
     depth = min(max(ntotal, 1), max_depth, k + 1 if exclude.only_self else 2 * k + 1)
     while len(todo):
-        d, i = rindex.search(index, queries[todo], depth, nprobe)
+        d, i = faiss_index.search(index, queries[todo], depth, nprobe)
         sub = {name: c[todo] for name, c in codes.items()}
         ok = gallery.allowed(i, sub, exclude)
         order = np.argsort(~ok, axis=1, kind="stable")[:, :k]

@@ -11,10 +11,10 @@ import pytest
 
 from jobs import index as jindex
 from jobs import match as jmatch
-from reid import index as rindex
 from reid import manifest, storage
 from reid.errors import ReidError
 from reid.schema import conform, embeddings_schema
+from reid.search import index_store
 from tests.test_index import assert_same_knn, brute_force, clustered_vectors, grid_vectors
 
 pytestmark = pytest.mark.ray
@@ -85,7 +85,7 @@ def test_all_vs_all_over_three_years_equals_brute_force(tmp_path, ray_local):
     inputs = survey_years(tmp_path, x)
     s = jindex.run(jindex.IndexConfig(embeddings=inputs, out=str(tmp_path / "idx"), shard_size=400))
     assert (s["factory"], s["shards"], s["images"]) == ("Flat", 4, 1500)
-    info = rindex.open_index(str(tmp_path / "idx"))
+    info = index_store.open_index(str(tmp_path / "idx"))
     assert info.model_id == "model-a" and info.dim == 32 and info.threshold is None  # no labels
     assert json.loads(storage.read_text(str(tmp_path / "idx" / "_manifest.json")))["version"] == info.version
 
@@ -134,7 +134,7 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
     s = jindex.run(jindex.IndexConfig(embeddings=inputs, out=idx, shard_size=700, target_false_new=0.05))
     cal = s["calibration"]
     assert cal["n"] > 1000 and cal["false_new"] <= 0.05 and s["threshold"] == cal["threshold"]
-    assert rindex.open_index(idx).threshold == pytest.approx(cal["threshold"])
+    assert index_store.open_index(idx).threshold == pytest.approx(cal["threshold"])
 
     new = write_embeddings(
         str(tmp_path / "new"), x[2000:], [f"new{i}" for i in range(400)], surveys=["2024"] * 400
@@ -207,8 +207,8 @@ def test_failed_rebuild_keeps_previous_version_in_service(tmp_path, ray_local):
     bad = write_embeddings(str(tmp_path / "bad"), bad_x, [f"img{i:05d}" for i in range(300, 600)])
     with pytest.raises(ReidError, match="not L2-normalised"):
         jindex.run(jindex.IndexConfig(embeddings=[a, bad], out=idx, shard_size=100, calibration_queries=0))
-    assert rindex.open_index(idx).version == first["version"]
-    assert len(rindex.list_versions(idx)) == 2  # the failed build's leftovers
+    assert index_store.open_index(idx).version == first["version"]
+    assert len(index_store.list_versions(idx)) == 2  # the failed build's leftovers
     ok = jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m"), k=3))
     assert ok["queries"] == 300
 
@@ -216,10 +216,10 @@ def test_failed_rebuild_keeps_previous_version_in_service(tmp_path, ray_local):
     second = jindex.run(
         jindex.IndexConfig(embeddings=[a, good], out=idx, shard_size=100, calibration_queries=0)
     )
-    assert second["version"] != first["version"] and rindex.open_index(idx).ntotal == 600
-    assert rindex.list_versions(idx) == sorted([first["version"], second["version"]])
+    assert second["version"] != first["version"] and index_store.open_index(idx).ntotal == 600
+    assert index_store.list_versions(idx) == sorted([first["version"], second["version"]])
     third = jindex.run(jindex.IndexConfig(embeddings=[good], out=idx, shard_size=100, calibration_queries=0))
-    assert rindex.list_versions(idx) == sorted([second["version"], third["version"]])
+    assert index_store.list_versions(idx) == sorted([second["version"], third["version"]])
     assert first["version"] in third["removed_versions"]
 
 
@@ -258,10 +258,10 @@ def test_ivf_index_job_shares_one_quantizer(tmp_path, ray_local):
         )
     )
     assert s["train_s"] >= 0 and s["shards"] == 3
-    info = rindex.open_index(idx)
+    info = index_store.open_index(idx)
     import faiss
 
-    shards = [rindex.load_shard(info, i)[0] for i in range(3)]
+    shards = [index_store.load_shard(info, i)[0] for i in range(3)]
     cents = [faiss.extract_index_ivf(shard).quantizer.reconstruct_n(0, 32) for shard in shards]
     assert all(np.array_equal(cents[0], c) for c in cents[1:])
     jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m"), k=10, query_block=1000))
@@ -302,7 +302,7 @@ def test_index_and_match_on_s3(s3_bucket, ray_local):
     emb = write_embeddings(f"{s3_bucket}/emb", x, [f"img{i:05d}" for i in range(300)], surveys=["2021"] * 300)
     idx, out = f"{s3_bucket}/idx", f"{s3_bucket}/m"
     jindex.run(jindex.IndexConfig(embeddings=[emb], out=idx, shard_size=120, calibration_queries=0))
-    assert rindex.open_index(idx).ntotal == 300
+    assert index_store.open_index(idx).ntotal == 300
     jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=5))
     d, i = matches_arrays(out, 300, 5)
     ref_d, ref_i = brute_force(x, x, 6, allowed=~np.eye(300, dtype=bool))

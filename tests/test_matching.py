@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid import index as rindex
 from reid import matching, sightings
 from reid.errors import ConfigError
+from reid.search import faiss_index
 from tests.test_index import assert_same_knn, brute_force, grid_vectors
 
 DAY = dt.datetime(2023, 5, 1, tzinfo=dt.timezone.utc)
@@ -59,7 +59,7 @@ def allowed_mask(meta: pa.Table, exclude: matching.Exclusions) -> np.ndarray:
 def search_sharded(x, meta, k, exclude, shard_size):
     parts = []
     for lo in range(0, len(x), shard_size):
-        shard = rindex.build_shard(rindex.make_index("Flat", x.shape[1]), x[lo : lo + shard_size])
+        shard = faiss_index.build_shard(faiss_index.make_index("Flat", x.shape[1]), x[lo : lo + shard_size])
         gallery = matching.GalleryMeta(meta.slice(lo, shard_size))
         d, i = matching.search_shard(shard, x, k, meta, gallery, exclude)
         parts.append((d, matching.to_global(i, lo)))

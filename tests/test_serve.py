@@ -37,10 +37,10 @@ def client(served):  # noqa: F811
 
 @pytest.mark.ray
 def test_info_uses_the_calibrated_threshold_and_offers_examples(client, served):  # noqa: F811
-    from reid import index as rindex
+    from reid.search import index_store
 
     info = client.get("/api/info").json()
-    stored = rindex.open_index(served["index"])
+    stored = index_store.open_index(served["index"])
     assert stored.threshold is not None
     assert info["threshold"] == pytest.approx(stored.threshold)
     assert info["threshold_source"] == "calibrated with the index"

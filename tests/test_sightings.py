@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid import index as rindex
 from reid import matching, sightings
 from reid.evaluation.data import eval_data
 from reid.evaluation.exclusions import exclusion_mask, validation_exclusion
 from reid.evaluation.protocols import Protocol, leave_one_out
+from reid.search import faiss_index
 
 T0 = dt.datetime(2023, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 S = dt.timedelta(seconds=1)
@@ -168,7 +168,7 @@ def test_evaluate_exclusion_mask_is_the_shared_rule(flags, rule):
 def test_match_exclusion_is_the_shared_rule():
     meta = metadata()
     x = np.asarray(meta.column("embedding").combine_chunks().flatten(), np.float32).reshape(len(IDS), 4)
-    index = rindex.build_shard(rindex.make_index("Flat", 4), x)
+    index = faiss_index.build_shard(faiss_index.make_index("Flat", 4), x)
     exclude = matching.Exclusions(self_match=True, same_camera_day=True)
     d, i = matching.search_shard(index, x, len(IDS), meta, matching.GalleryMeta(meta), exclude)
     rows, ranks = np.nonzero(i >= 0)

@@ -13,7 +13,7 @@ from reid import archive, imageio, manifest, storage
 from reid.errors import ReidError
 
 if TYPE_CHECKING:
-    from reid.index import IndexInfo
+    from reid.search.index_store import IndexInfo
 
 __all__ = ["ArchiveLookup", "archive_from_lineage", "lineage_archives", "thumbnail_jpeg"]
 

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from reid import index as rindex
 from reid import matching
 from reid.errors import ReidError
+from reid.search import index_store
 from reid.serving.lookup import ArchiveLookup, lineage_archives, thumbnail_jpeg
 
 __all__ = ["MAX_DEPTH", "Matcher", "MatcherSettings", "RecentQueries"]
@@ -47,15 +47,15 @@ class Matcher:
         from reid.model import load_package
 
         self.cfg = cfg
-        self.info = rindex.open_index(cfg.index)
+        self.info = index_store.open_index(cfg.index)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.spec = load_package(cfg.model, map_location=self.device)
-        rindex.check_compatible(self.info, self.spec.model_id, self.spec.embedding_dim, cfg.model)
+        index_store.check_compatible(self.info, self.spec.model_id, self.spec.embedding_dim, cfg.model)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.info.threshold
         self.shards: list[tuple[object, matching.GalleryMeta, int]] = []
         tables = []
         for i, s in enumerate(self.info.shards):
-            index, ids = rindex.load_shard(self.info, i)
+            index, ids = index_store.load_shard(self.info, i)
             self.shards.append((index, matching.GalleryMeta(ids), s.offset))
             tables.append(ids)
         self.gallery = pa.concat_tables(tables).combine_chunks()

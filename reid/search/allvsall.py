@@ -1,7 +1,7 @@
 """All-vs-all search work units: query blocks over embeddings files, (shard x block) searches, merging.
 
 ``reid match`` and ``reid index`` (which calibrates its threshold with the same searches) cut the
-queries into :class:`Block` s and search every (shard x block) pair; the functions here are that
+queries into :class:`reid.embeddings.Block` s and search every (shard x block) pair; the functions here are that
 work without Ray, so a notebook or a test can run them in a loop. ``jobs.common.knn`` runs them as
 Ray tasks: :func:`read_task` loads a block once, :func:`search_task` searches it in one shard (kept
 loaded per worker process), and :class:`BlockMerger` keeps each block's running top-k.
@@ -12,26 +12,20 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from reid import index as rindex
-from reid import manifest, matching, storage
-from reid.errors import ReidError
-from reid.index import IndexInfo, RowRange
-from reid.schema import validate_embeddings
+from reid import matching, storage
+from reid.embeddings import Block, check_model, check_normalised, read_range, vectors_of
+from reid.search.faiss_index import set_threads
+from reid.search.index_store import IndexInfo, load_shard, read_info
 
 __all__ = [
     "META_COLUMNS",
     "QUERY_COLUMNS",
     "SHARD_CACHE",
-    "Block",
     "BlockMerger",
-    "blocks_from_ranges",
-    "embeddings_ranges",
     "gallery_table",
     "read_block",
     "read_task",
@@ -44,62 +38,18 @@ META_COLUMNS = ["image_id", "individual_id", "survey", "captured_at", "camera_id
 SHARD_CACHE = int(os.environ.get("REID_SHARD_CACHE", "2"))  # shards kept loaded per worker process
 
 
-@dataclass
-class Block:
-    """A block of queries: rows of embeddings files, optionally only some of them (``rows``)."""
-
-    id: int
-    ranges: list[RowRange]
-    rows: list[int] | None = None
-    n: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n = len(self.rows) if self.rows is not None else sum(r.rows for r in self.ranges)
-
-
-def embeddings_ranges(uri: str) -> tuple[list[RowRange], int, str | None]:
-    """Row ranges of a committed embeddings output, with its dim and model_id (checked)."""
-    manifest.require_manifest(uri, job="embed")
-    files = storage.list_files(uri, suffix=".parquet")
-    if not files:
-        raise ReidError(f"{uri}: no embeddings part files; run `reid embed` first")
-    ranges, dim, model_ids = [], None, set()
-    for f in files:
-        fs, path = storage.resolve(f)
-        with fs.open_input_file(path) as fh:
-            pf = pq.ParquetFile(fh)
-            d = validate_embeddings(pf.schema_arrow, f)
-            if dim is not None and d != dim:
-                raise ReidError(f"{f}: embeddings of dim {d}, other files of {uri} have dim {dim}")
-            dim = d
-            rows = pf.metadata.num_rows
-            model_ids |= set(pf.read(columns=["model_id"]).column("model_id").unique().to_pylist())
-        if rows:
-            ranges.append(RowRange(f, 0, rows))
-    if len(model_ids) > 1:
-        raise ReidError(
-            f"{uri}: mixes embeddings of several models ({', '.join(sorted(map(str, model_ids)))})"
-        )
-    return ranges, int(dim), (model_ids.pop() if model_ids else None)
-
-
-def blocks_from_ranges(ranges: list[RowRange], size: int) -> list[Block]:
-    """Consecutive blocks of at most ``size`` queries over the ranges."""
-    return [Block(i, group) for i, group in enumerate(rindex.split_ranges(ranges, size))]
-
-
 def read_block(block: Block, model_id: str) -> tuple[np.ndarray, pa.Table]:
     """A block's query vectors and metadata; refuses another model's rows by name."""
-    tables = [rindex.read_range(r, QUERY_COLUMNS) for r in block.ranges]
+    tables = [read_range(r, QUERY_COLUMNS) for r in block.ranges]
     table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in QUERY_COLUMNS})
     if block.rows is not None:
         table = table.take(pa.array(block.rows, pa.int64()))
-    rindex.check_model(
+    check_model(
         table, model_id, block.ranges[0].uri if block.ranges else "queries",
         "match embeddings of the index's model (or rebuild the index)",
     )  # fmt: skip
-    vectors = rindex.vectors_of(table)
-    rindex.check_normalised(vectors, block.ranges[0].uri if block.ranges else "queries")
+    vectors = vectors_of(table)
+    check_normalised(vectors, block.ranges[0].uri if block.ranges else "queries")
     return vectors, table.select(META_COLUMNS)
 
 
@@ -132,8 +82,8 @@ def _cached_shard(index_uri: str, version: str, s: int, gpu: bool):
         _SHARDS.move_to_end(key)
         return _SHARDS[key], 0.0
     t0 = time.perf_counter()
-    info = rindex.read_info(index_uri, version)
-    index, ids = rindex.load_shard(info, s, gpu=gpu)
+    info = read_info(index_uri, version)
+    index, ids = load_shard(info, s, gpu=gpu)
     _SHARDS[key] = (index, matching.GalleryMeta(ids), info.shards[s].offset, info.model_id)
     while len(_SHARDS) > max(1, SHARD_CACHE):
         _SHARDS.popitem(last=False)
@@ -161,7 +111,7 @@ def search_task(
     """One (shard x query block) search: (block id, metadata from shard 0 only, scores [n, k],
     global ids [n, k], timing)."""
     c0 = time.process_time()
-    rindex.set_threads(1)
+    set_threads(1)
     (index, gallery, offset, _), load_s = _cached_shard(index_uri, version, shard, gpu)
     vectors, meta = data
     t1, c1 = time.perf_counter(), time.process_time()

@@ -1,0 +1,313 @@
+"""Each input format of `reid ingest`, from small files written here onto real JPEGs: the archive
+rows (individuals, viewpoints, boxes, user ids) and the rejects with their reasons, exactly."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from jobs.ingest import IngestConfig, run
+from reid import archive, formats, storage
+from reid.errors import ReidError
+from tests.images import jpeg_bytes, photo
+
+UTC = dt.timezone.utc
+
+
+def put_photos(folder: Path, names: list[str], w: int = 96, h: int = 64) -> None:
+    for i, name in enumerate(names):
+        p = folder / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(jpeg_bytes(photo(w, h, seed=i)))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def ingest(src: Path | str, out: Path, **kw) -> tuple[dict, dict, dict]:
+    """Run the ingest; returns (summary, rows by annotation_id or source, rejects by reason start)."""
+    summary = run(IngestConfig(src=str(src), out=str(out), **kw))
+    rows = archive.read_archive(str(out)).to_pylist() if summary["archive_rows"] else []
+    rejects = archive.read_rejects(str(out)).to_pylist()
+    assert (
+        summary["candidates"] == summary["written"] + summary["rejected"] + summary["duplicates_of_existing"]
+    )
+    return summary, rows, rejects
+
+
+def box(x: float, y: float, w: float, h: float) -> dict:
+    return {"x": x, "y": y, "w": w, "h": h}
+
+
+# ------------------------------------------------------------------------------ wildlife-datasets
+
+WD_ROWS = [
+    {"image_id": 101, "identity": "zara", "path": "images/a.jpg", "bbox": "[10, 5, 40, 30]",
+     "date": "2021-06-01", "orientation": "left", "species": "zebra"},
+    {"image_id": 102, "identity": "unknown", "path": "images/b.jpg", "bbox": "", "date": "",
+     "orientation": "Right", "species": "zebra"},
+    {"image_id": 103, "identity": "zara", "path": "images/missing.jpg", "bbox": "", "date": "",
+     "orientation": "", "species": "zebra"},
+    {"image_id": 104, "identity": "zed", "path": "images/c.jpg", "bbox": "[0, 0, 0, 10]", "date": "",
+     "orientation": "", "species": "zebra"},
+    {"image_id": 105, "identity": "zed", "path": "", "bbox": "", "date": "", "orientation": "",
+     "species": "zebra"},
+    {"image_id": 106, "identity": "zed", "path": "images/c.jpg", "bbox": "[1, 2, 3]", "date": "",
+     "orientation": "front", "species": "zebra"},
+]  # fmt: skip
+WD_REJECTS = {
+    "103": "unreadable:",
+    "104": "bad bbox:",
+    "105": "row 5: no path",
+    "106": "bad bbox:",
+}
+
+
+def write_wildlife_datasets(root: Path, parquet: bool = False) -> Path:
+    put_photos(root / "images", ["a.jpg", "b.jpg", "c.jpg"])
+    if parquet:
+        df = pd.DataFrame(WD_ROWS)
+        df["bbox"] = [[10.0, 5.0, 40.0, 30.0], None, None, [0.0, 0.0, 0.0, 10.0], None, [1.0, 2.0, 3.0]]
+        df["date"] = df["date"].replace("", None)
+        df = df.rename(columns={"orientation": "position"})
+        df.to_parquet(root / "metadata.parquet")
+        return root / "metadata.parquet"
+    write_csv(root / "metadata.csv", WD_ROWS)
+    return root / "metadata.csv"
+
+
+@pytest.mark.parametrize("parquet", [False, True], ids=["csv", "parquet"])
+def test_wildlife_datasets_table(tmp_path, parquet):
+    src = write_wildlife_datasets(tmp_path / "wd", parquet)
+    assert formats.detect(str(src)) == "wildlife-datasets"
+    summary, rows, rejects = ingest(src, tmp_path / "arch", survey="2021")
+    assert (summary["written"], summary["rejected"], summary["individuals"]) == (2, 4, 1)
+    by_id = {r["annotation_id"]: r for r in rows}
+    assert set(by_id) == {"101", "102"}  # the user's own image_id kept
+    a, b = by_id["101"], by_id["102"]
+    assert (a["individual_id"], a["viewpoint"], a["species"]) == ("zara", "left", "zebra")
+    assert a["bbox"] == box(10, 5, 40, 30) and a["source"].endswith("/wd/images/a.jpg")
+    assert a["captured_at"] == dt.datetime(2021, 6, 1, tzinfo=UTC)
+    assert b["individual_id"] is None  # "unknown" = unlabelled, not an individual called unknown
+    assert (b["viewpoint"], b["bbox"]) == ("right", None)
+    got = {}
+    ids = {archive.stable_id("2021", "annotation", str(r["image_id"])): str(r["image_id"]) for r in WD_ROWS}
+    for r in rejects:
+        got[ids[r["image_id"]]] = r["reason"]
+    assert set(got) == set(WD_REJECTS)
+    for key, prefix in WD_REJECTS.items():
+        assert got[key].startswith(prefix), (key, got[key])
+
+
+# ------------------------------------------------------------------------------------------ COCO
+
+
+def coco_doc() -> dict:
+    return {
+        "images": [
+            {"id": 1, "file_name": "img/a.jpg", "width": 96, "height": 64, "date_captured": "2020-01-02 03:04:05"},
+            {"id": 2, "file_name": "img/b.jpg", "width": 96, "height": 64},
+            {"id": 3, "file_name": "img/c.jpg", "width": 96, "height": 64},
+        ],
+        "annotations": [
+            {"id": 11, "image_id": 1, "category_id": 1, "bbox": [10, 5, 40, 30], "name": "ayo", "viewpoint": "left"},
+            {"id": 12, "image_id": 1, "category_id": 1, "bbox": [50, 10, 30, 30], "name": "____"},
+            {"id": 13, "image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20], "attributes": {"individual_id": "bo"}},
+            {"id": 14, "image_id": 99, "category_id": 1, "bbox": [0, 0, 20, 20], "name": "ayo"},
+            {"id": 15, "image_id": 2, "category_id": 1, "bbox": [0, 0, -1, 5], "name": "bo"},
+        ],
+        "categories": [{"id": 1, "name": "lion"}],
+    }  # fmt: skip
+
+
+def write_coco(root: Path) -> Path:
+    put_photos(root / "img", ["a.jpg", "b.jpg", "c.jpg"])
+    (root / "coco.json").write_text(json.dumps(coco_doc()))
+    return root / "coco.json"
+
+
+def test_coco(tmp_path):
+    src = write_coco(tmp_path / "c")
+    assert formats.detect(str(src)) == "coco"
+    summary, rows, rejects = ingest(src, tmp_path / "arch")
+    by_id = {r["annotation_id"]: r for r in rows}
+    assert set(by_id) == {"11", "12", "13"}
+    assert {k: r["individual_id"] for k, r in by_id.items()} == {"11": "ayo", "12": None, "13": "bo"}
+    assert {k: r["viewpoint"] for k, r in by_id.items()} == {"11": "left", "12": None, "13": None}
+    assert {k: r["bbox"] for k, r in by_id.items()} == {
+        "11": box(10, 5, 40, 30),
+        "12": box(50, 10, 30, 30),
+        "13": box(0, 0, 20, 20),
+    }
+    assert {r["species"] for r in rows} == {"lion"}
+    assert by_id["11"]["captured_at"] == dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert (
+        by_id["11"]["photo_id"] == by_id["12"]["photo_id"] != by_id["13"]["photo_id"]
+    )  # two animals, one photo
+    reasons = sorted(r["reason"] for r in rejects)
+    assert len(reasons) == 3 and summary["rejected"] == 3
+    assert reasons[0].startswith("annotation 14 names image_id 99")
+    assert reasons[1].startswith("bad bbox:") and "<= 0" in reasons[1]
+    assert reasons[2].startswith("no annotation") and any(r["source"].endswith("img/c.jpg") for r in rejects)
+
+
+# ---------------------------------------------------------------------------------- MegaDetector
+
+
+def megadetector_doc() -> dict:
+    return {
+        "info": {"detector": "md_v5a.0.0.pt"},
+        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+        "images": [
+            {"file": "a.jpg", "detections": [
+                {"category": "1", "conf": 0.9, "bbox": [0.1, 0.2, 0.5, 0.5]},
+                {"category": "1", "conf": 0.1, "bbox": [0.6, 0.6, 0.2, 0.2]},
+                {"category": "2", "conf": 0.95, "bbox": [0.0, 0.0, 0.25, 0.5]},
+            ]},
+            {"file": "b.jpg", "detections": []},
+            {"file": "c.jpg", "failure": "Failure image access"},
+            {"file": "d.jpg", "detections": [{"category": "1", "conf": 0.5, "bbox": [0.5, 0.5, 0.6, 0.2]}]},
+        ],
+    }  # fmt: skip
+
+
+def write_megadetector(root: Path) -> Path:
+    put_photos(root, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    (root / "md.json").write_text(json.dumps(megadetector_doc()))
+    return root / "md.json"
+
+
+def test_megadetector_boxes_threshold_and_categories(tmp_path):
+    src = write_megadetector(tmp_path / "md")
+    assert formats.detect(str(src)) == "megadetector"
+    summary, rows, rejects = ingest(src, tmp_path / "a1")
+    assert summary["written"] == 1 and summary["individuals"] == 0
+    (row,) = rows
+    assert row["source"].endswith("md/a.jpg") and row["individual_id"] is None
+    assert row["bbox"] == pytest.approx(box(9.6, 12.8, 48.0, 32.0))  # normalised -> pixels of 96x64
+    reasons = sorted(r["reason"].split(":")[0] for r in rejects)
+    assert reasons == [
+        "MegaDetector failed on it",
+        "bad bbox",
+        "category 'person' filtered out (kept",
+        "low confidence",
+        "no detection",
+    ]
+    # a lower threshold and people kept: two more annotations
+    summary, rows, _ = ingest(src, tmp_path / "a2", min_confidence=0.05, categories=["animal", "person"])
+    assert summary["written"] == 3 and summary["rejected"] == 3
+    assert sorted(r["bbox"]["w"] for r in rows) == pytest.approx([19.2, 24.0, 48.0])
+
+
+# ------------------------------------------------------------------------------------ Camtrap DP
+
+
+def write_camtrapdp(root: Path) -> Path:
+    put_photos(root / "media", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    (root / "datapackage.json").write_text(json.dumps({"profile": "camtrap-dp/1.0", "resources": []}))
+    write_csv(root / "deployments.csv", [{"deploymentID": "dep1"}, {"deploymentID": "dep2"}])
+    write_csv(
+        root / "media.csv",
+        [
+            {"mediaID": "m1", "deploymentID": "dep1", "timestamp": "2022-03-01T10:00:00Z", "filePath": "media/a.jpg"},
+            {"mediaID": "m2", "deploymentID": "dep2", "timestamp": "2022-03-02T11:00:00+02:00", "filePath": "media/b.jpg"},
+            {"mediaID": "m3", "deploymentID": "dep1", "timestamp": "2022-03-03T12:00:00Z", "filePath": "media/c.jpg"},
+            {"mediaID": "m4", "deploymentID": "dep2", "timestamp": "2022-03-04T12:00:00Z", "filePath": "media/d.jpg"},
+        ],
+    )  # fmt: skip
+    obs = [
+        {"observationID": "o1", "deploymentID": "dep1", "mediaID": "m1", "observationLevel": "media",
+         "observationType": "animal", "scientificName": "Panthera leo", "individualID": "ayo",
+         "bboxX": 0.1, "bboxY": 0.2, "bboxWidth": 0.5, "bboxHeight": 0.5, "observationTags": "viewpoint:left"},
+        {"observationID": "o2", "deploymentID": "dep1", "mediaID": "m1", "observationLevel": "media",
+         "observationType": "animal", "scientificName": "Panthera leo", "individualID": "",
+         "bboxX": 0.5, "bboxY": 0.25, "bboxWidth": 0.25, "bboxHeight": 0.5},
+        {"observationID": "o3", "deploymentID": "dep2", "mediaID": "m2", "observationLevel": "media",
+         "observationType": "animal", "scientificName": "Panthera leo", "individualID": "bo"},
+        {"observationID": "o4", "deploymentID": "dep1", "mediaID": "m3", "observationLevel": "media",
+         "observationType": "blank"},
+        {"observationID": "o5", "deploymentID": "dep1", "mediaID": "", "observationLevel": "event",
+         "observationType": "animal", "individualID": "ayo"},
+        {"observationID": "o6", "deploymentID": "dep1", "mediaID": "m9", "observationLevel": "media",
+         "observationType": "animal"},
+    ]  # fmt: skip
+    write_csv(root / "observations.csv", obs)
+    return root
+
+
+def test_camtrapdp_package(tmp_path):
+    src = write_camtrapdp(tmp_path / "pkg")
+    assert formats.detect(str(src)) == "camtrapdp"
+    assert formats.detect(str(src / "datapackage.json")) == "camtrapdp"
+    summary, rows, rejects = ingest(src, tmp_path / "arch")
+    by_id = {r["annotation_id"]: r for r in rows}
+    assert set(by_id) == {"o1", "o2", "o3"}
+    assert {k: r["individual_id"] for k, r in by_id.items()} == {"o1": "ayo", "o2": None, "o3": "bo"}
+    assert {k: r["camera_id"] for k, r in by_id.items()} == {"o1": "dep1", "o2": "dep1", "o3": "dep2"}
+    assert by_id["o1"]["viewpoint"] == "left" and by_id["o1"]["species"] == "Panthera leo"
+    assert by_id["o1"]["bbox"] == pytest.approx(box(9.6, 12.8, 48.0, 32.0))
+    assert by_id["o2"]["bbox"] == pytest.approx(box(48.0, 16.0, 24.0, 32.0))
+    assert by_id["o3"]["bbox"] is None
+    assert by_id["o1"]["captured_at"] == dt.datetime(2022, 3, 1, 10, tzinfo=UTC)
+    assert by_id["o3"]["captured_at"] == dt.datetime(2022, 3, 2, 9, tzinfo=UTC)  # +02:00 -> UTC
+    reasons = sorted(r["reason"] for r in rejects)
+    assert summary["rejected"] == 4
+    assert reasons[0].startswith("event-level observation")
+    assert reasons[1].startswith("mediaID 'm9' is not in media.csv")
+    assert reasons[2] == "no observation of this media"
+    assert reasons[3] == "observationType 'blank': not an animal"
+
+
+def test_format_override_and_unknown(tmp_path):
+    src = write_coco(tmp_path / "c")
+    summary, rows, _ = ingest(src, tmp_path / "a", format="coco")
+    assert summary["written"] == 3
+    with pytest.raises(ReidError, match="COCO"):
+        formats.read(str(write_megadetector(tmp_path / "md")), "coco")
+    with pytest.raises(ValueError, match="unknown format"):
+        IngestConfig(src=str(src), out=str(tmp_path / "b"), format="yolo")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ReidError, match="--format"):
+        formats.detect(str(tmp_path / "x.txt"))
+
+
+# ------------------------------------------------------------------- storage: any pyarrow scheme
+
+
+def test_ingest_through_a_registered_pyarrow_scheme(tmp_path):
+    """A made-up scheme backed by a pyarrow filesystem: the archive is written and read through it,
+    as gs://, abfs:// or hdfs:// would be through pyarrow's own filesystems."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    storage.register_filesystem("zoo", pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem()))
+    try:
+        src = write_coco(tmp_path / "c")
+        summary = run(IngestConfig(src=str(src), out="zoo://surveys/arch"))
+        assert summary["written"] == 3
+        assert (bucket / "surveys" / "arch" / "_manifest.json").exists()
+        table = archive.read_archive("zoo://surveys/arch")
+        assert sorted(table.column("annotation_id").to_pylist()) == ["11", "12", "13"]
+        assert storage.list_files("zoo://surveys/arch", suffix=".parquet")[0].startswith(
+            "zoo://surveys/arch/part-"
+        )
+        # the source photos can live there too: a COCO file read from the scheme
+        storage.write_bytes("zoo://in/coco.json", src.read_bytes())
+        for name in ("a", "b", "c"):
+            storage.write_bytes(f"zoo://in/img/{name}.jpg", (src.parent / "img" / f"{name}.jpg").read_bytes())
+        _, rows, _ = ingest("zoo://in/coco.json", tmp_path / "local")
+        assert {r["source"] for r in rows} == {"zoo://in/img/a.jpg", "zoo://in/img/b.jpg"}
+    finally:
+        storage.register_filesystem("zoo", None)
+    with pytest.raises(ReidError, match="unsupported URI scheme 'zoo'"):
+        storage.resolve("zoo://surveys/arch")
