@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEMO    ?= /tmp/reid-demo
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test test-fast bench lint clean
+.PHONY: setup browser demo test test-fast bench lint clean gpu-setup gpu-check
 
 setup: $(STAMP)
 
@@ -38,8 +38,18 @@ test: setup browser
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
+# GPU machines: faiss-gpu (CUDA 12 wheels with their own runtime libraries) replaces faiss-cpu;
+# both install the module `faiss`, so one goes before the other comes.
+gpu-setup: setup
+	$(BIN)/python -c "import faiss, sys; sys.exit(0 if hasattr(faiss, 'StandardGpuResources') else 1)" 2>/dev/null || { \
+	  $(BIN)/pip uninstall -y -q faiss-cpu; $(BIN)/pip install -q 'faiss-gpu-cu12>=1.8'; }
+
+# Every GPU path (training, embedding, JPEG decode, FAISS) in one run; figures under $$OUT or ./gpu-check-out.
+gpu-check: gpu-setup
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 bench: setup
-	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do [ $$b = benchmarks/gpu_check.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check reid jobs cluster tests benchmarks scripts setup.py
