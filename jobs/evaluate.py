@@ -28,11 +28,12 @@ from jobs.common import (
     print_summary,
 )
 from reid import manifest, report, storage
+from reid.data.splits import read_split_table
 from reid.embeddings import read_embeddings
 from reid.errors import ReidError
 from reid.evaluation.data import EvalData, eval_data
 from reid.evaluation.exclusions import exclusion_mask
-from reid.evaluation.protocols import Protocol, from_split, leave_one_out, read_split_table, time_aware
+from reid.evaluation.protocols import Protocol, from_split, leave_one_out, time_aware
 from reid.evaluation.scoring import TARGET_FALSE_NEW, Evaluation, evaluate
 from reid.serving import lookup
 

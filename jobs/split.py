@@ -16,7 +16,8 @@ from jobs.common import (
     parse_config,
     print_summary,
 )
-from reid import archive, manifest, split, storage
+from reid import archive, manifest, storage
+from reid.data import splits
 from reid.errors import ConfigError, ReidError
 
 JOB = "split"
@@ -44,8 +45,8 @@ def run(cfg: SplitConfig) -> dict:
         raise ReidError(f"{cfg.out} is a folder; --out names the split's Parquet file, e.g. split.parquet")
     check_locations(cfg)
     manifest.require_manifest(cfg.archive)
-    table = archive.read_archive(cfg.archive, columns=split.INPUT_COLUMNS)
-    result = split.make_split(
+    table = archive.read_archive(cfg.archive, columns=splits.INPUT_COLUMNS)
+    result = splits.make_split(
         table,
         cfg.kind,
         test_fraction=cfg.test_fraction,
@@ -54,7 +55,7 @@ def run(cfg: SplitConfig) -> dict:
         seed=cfg.seed,
         source=cfg.archive,
     )
-    counts = split.split_counts(result)
+    counts = splits.split_counts(result)
     m = {
         "job": JOB,
         "config": manifest.scrub(cfg.model_dump()),
@@ -64,7 +65,7 @@ def run(cfg: SplitConfig) -> dict:
         "started_at": started,
         "ended_at": manifest.now(),
     }
-    split.write_split(result, cfg.out, m)
+    splits.write_split(result, cfg.out, m)
     return {"kind": cfg.kind, **counts, "wall_s": round(time.perf_counter() - t0, 2)}
 
 

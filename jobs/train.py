@@ -27,8 +27,9 @@ from typing import Any
 import typer
 
 from jobs.common import check_locations, follow_epochs, options_error, print_summary, progress
-from reid import archive, manifest, storage, traindata
+from reid import archive, manifest, storage
 from reid.allocator import process_env
+from reid.data.cache import ensure_cache
 from reid.errors import ConfigError
 from reid.training import (
     HISTORY,
@@ -145,7 +146,7 @@ def _prepare_caches(cfg: TrainConfig, plan: DataPlan) -> dict:
         if not ids:
             continue
         with progress(range(len(ids)), total=len(ids), desc=f"cache {mode}") as bar:
-            info = traindata.ensure_cache(uri, ids, cache_dir, mode, cfg.input_size, progress=bar)
+            info = ensure_cache(uri, ids, cache_dir, mode, cfg.input_size, progress=bar)
         out[mode] = info
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid import sightings
+from reid.data import sightings
 from reid.errors import ConfigError
 from reid.schema import MATCHES_SCHEMA
 from reid.search import faiss_index
@@ -47,7 +47,7 @@ PROPOSED_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Exclusions:
-    """Which neighbours a query may not match: itself, its camera-day (:func:`reid.sightings.same_camera_day`:
+    """Which neighbours a query may not match: itself, its camera-day (:func:`reid.data.sightings.same_camera_day`:
     same camera, same UTC day), its survey."""
 
     self_match: bool = True
@@ -101,7 +101,7 @@ class GalleryMeta:
         safe = np.where(ok, ids, 0)
         if exclude.self_match:
             ok &= ids != codes["self"][:, None]
-        if exclude.same_camera_day:  # equal camera_day_key: reid.sightings.same_camera_day
+        if exclude.same_camera_day:  # equal camera_day_key: reid.data.sightings.same_camera_day
             q = codes["cam"][:, None]
             ok &= ~((q >= 0) & (self.cam[safe] == q))
         if exclude.same_survey:

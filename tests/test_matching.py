@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid import matching, sightings
+from reid import matching
+from reid.data import sightings
 from reid.errors import ConfigError
 from reid.search import faiss_index
 from tests.test_index import assert_same_knn, brute_force, grid_vectors

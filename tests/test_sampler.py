@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from reid.data.sampler import PKSampler
 from reid.errors import ConfigError
-from reid.sampler import PKSampler
 
 
 def _labels():

@@ -1,4 +1,4 @@
-"""The near-duplicate rules of reid.sightings, and proof that train, evaluate and match use them.
+"""The near-duplicate rules of reid.data.sightings, and proof that train, evaluate and match use them.
 
 One small metadata table covers the edge cases (unknown time, unknown camera, exactly 60 s apart,
 a burst across UTC midnight, another time zone, days before 1970); each caller's exclusion is
@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid import matching, sightings
+from reid import matching
+from reid.data import sightings
 from reid.evaluation.data import eval_data
 from reid.evaluation.exclusions import exclusion_mask, validation_exclusion
 from reid.evaluation.protocols import Protocol, leave_one_out

@@ -14,7 +14,7 @@ from jobs.split import SplitConfig
 from jobs.split import run as run_split
 from jobs.synth import SynthJobConfig
 from jobs.synth import run as run_synth
-from reid import split
+from reid.data import splits
 from reid.errors import ConfigError, ReidError
 from reid.synthetic.survey import SynthConfig, plan
 from reid.synthetic.truth import read_truth
@@ -71,14 +71,14 @@ def assert_no_leaks(table: pa.Table, bursts: dict[str, str]) -> None:
 @pytest.mark.parametrize("kind", ["identity", "open", "closed", "time"])
 def test_every_kind_keeps_groups_whole_and_unlabeled_apart(survey, kind):
     table, bursts = survey
-    result = split.make_split(table, kind, cutoff="2023", seed=1)
-    assert result.schema == split.SPLIT_SCHEMA
+    result = splits.make_split(table, kind, cutoff="2023", seed=1)
+    assert result.schema == splits.SPLIT_SCHEMA
     assert result.column("image_id").to_pylist() == table.column("image_id").to_pylist()
     assert_no_leaks(result, bursts)
     for r in result.to_pylist():
         assert (r["split"] == "unlabeled") == (r["individual_id"] is None)
         assert (r["known"] is not None) == (r["split"] == "test")
-    counts = split.split_counts(result)
+    counts = splits.split_counts(result)
     labeled = counts["train_images"] + counts["test_images"]
     if kind != "time":
         assert 0.12 < counts["test_images"] / labeled < 0.3
@@ -114,21 +114,21 @@ def test_same_day_sightings_share_a_group():
         ]
     )
     groups = [
-        split.group_key(r["individual_id"], r["camera_id"], r["captured_at"], r["survey"])
+        splits.group_key(r["individual_id"], r["camera_id"], r["captured_at"], r["survey"])
         for r in t.to_pylist()
     ]
     assert groups[0] == groups[1] and len(set(groups)) == 3
 
 
 def test_identity_split_has_no_individual_on_both_sides(survey):
-    result = split.make_split(survey[0], "identity", test_fraction=0.25, seed=3)
+    result = splits.make_split(survey[0], "identity", test_fraction=0.25, seed=3)
     s = sides(result)
     assert s["test"]["individuals"] and not s["train"]["individuals"] & s["test"]["individuals"]
     assert not any(r["known"] for r in result.to_pylist() if r["split"] == "test")
 
 
 def test_closed_split_tests_only_known_individuals(survey):
-    result = split.make_split(survey[0], "closed", seed=3)
+    result = splits.make_split(survey[0], "closed", seed=3)
     s = sides(result)
     assert s["test"]["individuals"] and s["test"]["individuals"] <= s["train"]["individuals"]
     assert all(r["known"] for r in result.to_pylist() if r["split"] == "test")
@@ -137,7 +137,7 @@ def test_closed_split_tests_only_known_individuals(survey):
 def test_closed_photo_split_puts_every_individual_on_both_sides(survey):
     """The published by-photo protocol: ~20% of each individual's photos (>= 1, never all) in test."""
     table = survey[0]
-    result = split.make_split(table, "closed-photo", test_fraction=0.2, seed=3)
+    result = splits.make_split(table, "closed-photo", test_fraction=0.2, seed=3)
     per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in result.to_pylist():
         if r["individual_id"] is not None:
@@ -152,12 +152,12 @@ def test_closed_photo_split_puts_every_individual_on_both_sides(survey):
     assert all(r["known"] for r in result.to_pylist() if r["split"] == "test")
     assert (
         result.column("split").to_pylist()
-        == split.make_split(table, "closed-photo", seed=3).column("split").to_pylist()
+        == splits.make_split(table, "closed-photo", seed=3).column("split").to_pylist()
     )
 
 
 def test_open_split_mixes_known_and_unknown_individuals(survey):
-    result = split.make_split(survey[0], "open", unknown_fraction=0.5, seed=3)
+    result = splits.make_split(survey[0], "open", unknown_fraction=0.5, seed=3)
     test = [r for r in result.to_pylist() if r["split"] == "test"]
     train = sides(result)["train"]["individuals"]
     known = {r["individual_id"] for r in test if r["known"]}
@@ -168,7 +168,7 @@ def test_open_split_mixes_known_and_unknown_individuals(survey):
 
 
 def test_time_split_respects_the_cutoff(survey):
-    result = split.make_split(survey[0], "time", cutoff=2022)
+    result = splits.make_split(survey[0], "time", cutoff=2022)
     for r in result.to_pylist():
         if r["split"] == "train":
             assert r["survey"] == "2021"
@@ -184,9 +184,9 @@ def test_time_split_respects_the_cutoff(survey):
 
 
 def test_same_seed_same_split(survey):
-    a = split.make_split(survey[0], "open", seed=4)
-    assert a.equals(split.make_split(survey[0], "open", seed=4))
-    assert not a.equals(split.make_split(survey[0], "open", seed=5))
+    a = splits.make_split(survey[0], "open", seed=4)
+    assert a.equals(splits.make_split(survey[0], "open", seed=4))
+    assert not a.equals(splits.make_split(survey[0], "open", seed=5))
 
 
 def test_bad_inputs_are_named(survey):
@@ -194,26 +194,26 @@ def test_bad_inputs_are_named(survey):
     first = next(i for i in table.column("individual_id").to_pylist() if i is not None)
     one = table.filter(pa.compute.equal(table.column("individual_id"), first))
     with pytest.raises(ReidError, match="1 labeled individual"):
-        split.make_split(one, "identity")
+        splits.make_split(one, "identity")
     with pytest.raises(ReidError, match="cutoff 2030 lies after the last survey"):
-        split.make_split(table, "time", cutoff="2030")
+        splits.make_split(table, "time", cutoff="2030")
     with pytest.raises(ReidError, match="cutoff 1999 lies before the first survey"):
-        split.make_split(table, "time", cutoff="1999")
+        splits.make_split(table, "time", cutoff="1999")
     with pytest.raises(ConfigError, match="needs --cutoff"):
-        split.make_split(table, "time")
+        splits.make_split(table, "time")
     with pytest.raises(ConfigError, match="unknown split kind"):
-        split.make_split(table, "random")
+        splits.make_split(table, "random")
     with pytest.raises(ConfigError, match="test fraction"):
-        split.make_split(table, "identity", test_fraction=1.5)
+        splits.make_split(table, "identity", test_fraction=1.5)
     singles = table.filter(pa.compute.equal(table.column("camera_id"), "never"))  # empty
     with pytest.raises(ReidError, match="0 labeled"):
-        split.make_split(singles, "closed")
+        splits.make_split(singles, "closed")
 
 
 def test_job_writes_table_with_its_manifest(small_archive, tmp_path):
     out = str(tmp_path / "split.parquet")
     summary = run_split(SplitConfig(archive=small_archive, out=out, kind="open", test_fraction=0.3))
-    table, m = split.read_split(out)
+    table, m = splits.read_split(out)
     assert m["job"] == "split" and m["config"]["kind"] == "open" and m["inputs"][0]["job"] == "synth"
     assert (
         m["counts"]["test_images"]
@@ -225,7 +225,7 @@ def test_job_writes_table_with_its_manifest(small_archive, tmp_path):
     with pytest.raises(ReidError, match="no split manifest"):
         plain = tmp_path / "plain.parquet"
         pa.parquet.write_table(table, plain)
-        split.read_split(str(plain))
+        splits.read_split(str(plain))
 
 
 def test_job_refuses_an_archive_without_manifest(small_archive, tmp_path):
@@ -243,7 +243,7 @@ def test_cli(small_archive, tmp_path, capsys):
     args = ["split", small_archive, "--out", out, "--kind", "time", "--cutoff", "2023"]
     ok = subprocess.run([REID, *args], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    table, _ = split.read_split(out)
+    table, _ = splits.read_split(out)
     assert set(table.column("split").to_pylist()) >= {"train", "test"}
     from jobs.cli import main
 
@@ -255,7 +255,8 @@ def test_cli(small_archive, tmp_path, capsys):
 
 def test_closed_photo_split_carries_its_caveat_into_evaluation(small_archive, tmp_path):
     """`reid evaluate --protocol split` says that a by-photo split may put one sighting on both sides."""
-    from reid.evaluation.protocols import read_split_table, split_caveat
+    from reid.data.splits import read_split_table
+    from reid.evaluation.protocols import split_caveat
 
     out = str(tmp_path / "photo.parquet")
     run_split(SplitConfig(archive=small_archive, out=out, kind="closed-photo"))

@@ -59,11 +59,14 @@ def small_archive(tmp_path_factory):
 def test_split_cache_and_validation_pixels(tmp_path, small_archive):
     """Identity-disjoint hold-out; the cache keeps every row or names why not; validation pixels
     are exactly what the embed job feeds the model (reid.preprocess)."""
-    from reid import traindata
+    from reid.data import trainval
+    from reid.data.cache import ensure_cache
+    from reid.data.dataset import CachedImages
+    from reid.data.labels import read_labels
     from reid.preprocess import decode_for_model
 
-    labels = traindata.read_labels(small_archive)
-    split = traindata.make_split(labels, val_fraction=0.25, seed=0, min_train_images=2)
+    labels = read_labels(small_archive)
+    split = trainval.make_split(labels, val_fraction=0.25, seed=0, min_train_images=2)
     train_ids = set(split.train.column("individual_id").to_pylist())
     val_ids = set(split.val.column("individual_id").to_pylist())
     assert len(val_ids) == 2 and not train_ids & val_ids and len(split.classes) == 6
@@ -72,16 +75,16 @@ def test_split_cache_and_validation_pixels(tmp_path, small_archive):
     w = ArchiveWriter(bad)
     w.add({"image_id": "broken", "image": b"not an image", "individual_id": "ind0", "source": "x.png"})
     w.close()
-    info = traindata.ensure_cache(bad, ["broken", *traindata.read_labels(bad).column("image_id").to_pylist()],
+    info = ensure_cache(bad, ["broken", *read_labels(bad).column("image_id").to_pylist()],
                                   str(tmp_path / "cache"), "train", 32)  # fmt: skip
     assert info.rows == 6 and [r["image_id"] for r in info.rejects] == ["broken"]
     assert "corrupt" in info.rejects[0]["reason"]
-    again = traindata.ensure_cache(bad, ["broken", *traindata.read_labels(bad).column("image_id").to_pylist()],
+    again = ensure_cache(bad, ["broken", *read_labels(bad).column("image_id").to_pylist()],
                                    str(tmp_path / "cache"), "train", 32)  # fmt: skip
     assert not again.built and again.path == info.path
     ids = split.val.column("image_id").to_pylist()
-    ev = traindata.ensure_cache(small_archive, ids, str(tmp_path / "cache"), "eval", 40)
-    ds = traindata.CachedImages(ev.path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size=40)
+    ev = ensure_cache(small_archive, ids, str(tmp_path / "cache"), "eval", 40)
+    ds = CachedImages(ev.path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size=40)
     from reid.archive import read_archive
 
     rows = {r["image_id"]: r for r in read_archive(small_archive).to_pylist()}
@@ -246,12 +249,14 @@ def test_frozen_backbone_first_then_fine_tuned(tmp_path, small_archive):
 def test_closed_split_trains_without_validation(tmp_path, small_archive):
     """A closed split holds no unseen individual: train on its train rows, validate nothing
     (score with `reid evaluate --protocol split`), instead of refusing."""
-    from reid import archive, split, traindata
+    from reid import archive
+    from reid.data import splits, trainval
+    from reid.data.labels import read_labels
 
-    table = archive.read_archive(small_archive, columns=split.INPUT_COLUMNS)
-    closed = split.make_split(table, "closed-photo", test_fraction=0.3, seed=0)
+    table = archive.read_archive(small_archive, columns=splits.INPUT_COLUMNS)
+    closed = splits.make_split(table, "closed-photo", test_fraction=0.3, seed=0)
     uri = str(tmp_path / "closed.parquet")
-    split.write_split(closed, uri, {"job": "split", "config": {"kind": "closed-photo"}})
-    plan = traindata.make_split(traindata.read_labels(small_archive), uri)
+    splits.write_split(closed, uri, {"job": "split", "config": {"kind": "closed-photo"}})
+    plan = trainval.make_split(read_labels(small_archive), uri)
     n_train = sum(1 for r in closed.to_pylist() if r["split"] == "train")
     assert plan.train.num_rows == n_train and plan.val.num_rows == 0

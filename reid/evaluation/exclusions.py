@@ -1,7 +1,7 @@
 """Query/gallery pairs left out of a ranking: near-duplicates of one sighting, opposite flanks.
 
 Same burst (same camera, within ``burst_seconds``) and same day follow the rules of
-:mod:`reid.sightings`; the evaluation job uses :func:`exclusion_mask`, training validation
+:mod:`reid.data.sightings`; the evaluation job uses :func:`exclusion_mask`, training validation
 :func:`validation_exclusion`. The masks are what :mod:`reid.evaluation.metrics` takes as ``exclude``.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid import sightings
+from reid.data import sightings
 from reid.evaluation import metrics
 from reid.evaluation.data import EvalData
 from reid.evaluation.protocols import Protocol
@@ -73,7 +73,7 @@ def n_excluded(exclude) -> int:
 
 
 def _time_mask(data: EvalData, protocol: Protocol, same_burst: bool, same_day: bool, burst_seconds: float):
-    """The same-burst and same-day pairs of :mod:`reid.sightings` as a sparse [Q, G] mask."""
+    """The same-burst and same-day pairs of :mod:`reid.data.sightings` as a sparse [Q, G] mask."""
     if not (same_burst or same_day):
         return None
     from scipy import sparse
@@ -95,7 +95,7 @@ def _time_mask(data: EvalData, protocol: Protocol, same_burst: bool, same_day: b
 
 
 def sighting_table(data: EvalData, rows: np.ndarray) -> pa.Table:
-    """The camera and capture time of some rows, as the :mod:`reid.sightings` rules read them."""
+    """The camera and capture time of some rows, as the :mod:`reid.data.sightings` rules read them."""
     return pa.table(
         {
             "camera_id": pa.array(data.camera_id[rows], pa.string()),
@@ -116,7 +116,7 @@ def validation_exclusion(
     dense_max: int = DENSE_EXCLUDE_MAX,
 ):
     """Pairs of training-validation images (leave-one-out over ``image_ids``) to ignore: one
-    sighting's near-duplicates by ``rule`` ("burst", "day" or "none", see :mod:`reid.sightings`),
+    sighting's near-duplicates by ``rule`` ("burst", "day" or "none", see :mod:`reid.data.sightings`),
     which would make retrieval look easier than it is, and (``same_viewpoint``) opposite flanks.
 
     ``meta`` holds the images' ``image_id``, ``camera_id``, ``captured_at`` and ``viewpoint`` in

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from reid import storage
 from reid.errors import ReidError
 from reid.evaluation.data import EvalData
 
@@ -25,7 +24,6 @@ __all__ = [
     "Protocol",
     "from_split",
     "leave_one_out",
-    "read_split_table",
     "split_caveat",
     "time_aware",
 ]
@@ -64,27 +62,6 @@ def leave_one_out(data: EvalData) -> Protocol:
 def _singletons(labels: np.ndarray) -> set:
     vals, counts = np.unique(labels.astype(str), return_counts=True)
     return set(vals[counts == 1])
-
-
-def read_split_table(uri: str) -> pa.Table:
-    """A split table: Parquet file/folder or CSV with an ``image_id`` column and a role column."""
-    if str(uri).lower().endswith((".csv", ".csv.gz")):
-        import pyarrow.csv as pcsv
-
-        fs, path = storage.resolve(uri)
-        try:
-            with fs.open_input_stream(path) as f:
-                table = pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
-        except FileNotFoundError as e:
-            raise ReidError(f"split table {uri}: not found") from e
-    else:
-        files = storage.list_files(uri, suffix=".parquet")
-        if not files:
-            raise ReidError(f"split table {uri}: not found (give a Parquet file/folder or a .csv)")
-        table = pa.concat_tables([storage.read_parquet(f) for f in files], promote_options="permissive")
-    if "image_id" not in table.column_names:
-        raise ReidError(f"split table {uri}: no 'image_id' column (found: {', '.join(table.column_names)})")
-    return table
 
 
 def from_split(
@@ -127,7 +104,7 @@ def split_caveat(split: pa.Table) -> str:
     """What a reader of the figures must know about how the split was made (from its manifest)."""
     import json
 
-    from reid.split import MANIFEST_KEY
+    from reid.data.splits import MANIFEST_KEY
 
     raw = (split.schema.metadata or {}).get(MANIFEST_KEY)
     kind = ((json.loads(raw).get("config") or {}).get("kind") if raw else None) or ""

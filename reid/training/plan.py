@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from reid import traindata
+from reid.data import trainval
+from reid.data.labels import images_per_individual, labeled, read_labels
 from reid.errors import ConfigError
 from reid.training.config import TrainConfig
 
@@ -16,7 +17,7 @@ __all__ = ["DataPlan", "plan_data"]
 class DataPlan:
     """What the run trains and validates on (computed identically by the driver and each worker)."""
 
-    split: traindata.Split
+    split: trainval.Split
     classes: list[str]
     train_ids: list[str]
     val_ids: list[str]
@@ -27,14 +28,14 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
     """Labels, split and the checks a loss needs, from the archive's metadata only (no images)."""
     from reid import losses
 
-    labels = traindata.read_labels(cfg.archive)
+    labels = read_labels(cfg.archive)
     pair = losses.is_pair_loss(cfg.loss)
-    split = traindata.make_split(
+    split = trainval.make_split(
         labels, cfg.split, 0.0 if cfg.val_archive else cfg.val_fraction, cfg.seed,
         min_train_images=2 if pair else 1, by_viewpoint=cfg.flank_classes,
     )  # fmt: skip
     if cfg.val_archive:
-        split.val = traindata.labeled(traindata.read_labels(cfg.val_archive))
+        split.val = labeled(read_labels(cfg.val_archive))
         split.source = f"val_archive:{cfg.val_archive}"
         shared = set(split.val.column("individual_id").to_pylist()) & set(
             split.train.column("individual_id").to_pylist()
@@ -46,7 +47,7 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
             )
     n_ids = len(split.classes)
     if n_ids == 0:
-        counts = traindata.images_per_individual(traindata.labeled(labels))
+        counts = images_per_individual(labeled(labels))
         why = (
             f"no individual has 2 or more training images (the archive has {len(counts)} labelled "
             f"individual(s), at most {max(counts.values(), default=0)} image(s) each); loss {cfg.loss!r} "

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid import traindata
 from reid.allocator import keep_freed_memory
+from reid.data.cache import ensure_cache
+from reid.data.dataset import CachedImages
 from reid.training.config import TrainConfig
 from reid.training.plan import DataPlan, plan_data
 from reid.training.schedule import lr_lambda
@@ -50,7 +51,8 @@ class Session:
         import torch
         from torch.utils.data import DataLoader
 
-        from reid import losses, sampler, transforms
+        from reid import losses, transforms
+        from reid.data import sampler
         from reid.model import create_model
 
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -62,10 +64,8 @@ class Session:
         self.model = create_model(cfg.model_spec()).to(self.device)
         self.spec = self.model.spec
         cache_dir = cfg.resolved_cache_dir()
-        self.train_cache = traindata.ensure_cache(
-            cfg.archive, self.plan.train_ids, cache_dir, "train", cfg.input_size
-        )
-        self.train_ds = traindata.CachedImages(
+        self.train_cache = ensure_cache(cfg.archive, self.plan.train_ids, cache_dir, "train", cfg.input_size)
+        self.train_ds = CachedImages(
             self.train_cache.path,
             self.plan.split.codes(),
             transforms.train_transform(self.spec, cfg.flip, cfg.augment),
@@ -84,11 +84,11 @@ class Session:
         self.val_ds = None
         self.val_cache = None
         if self.plan.val_ids:
-            self.val_cache = traindata.ensure_cache(
+            self.val_cache = ensure_cache(
                 self.plan.val_archive, self.plan.val_ids, cache_dir, "eval", cfg.input_size
             )
             if self.val_cache.rows:
-                self.val_ds = traindata.CachedImages(
+                self.val_ds = CachedImages(
                     self.val_cache.path, mean=self.spec.mean, std=self.spec.std, size=cfg.input_size
                 )
         self.criterion = losses.MetricLoss(

@@ -39,7 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reid import sightings, storage
+from reid import storage
+from reid.data import sightings
 from reid.errors import ConfigError, ReidError
 
 KINDS = ("identity", "open", "closed", "closed-photo", "time")
@@ -315,6 +316,33 @@ def read_split(uri: str) -> tuple[pa.Table, dict]:
     return table.replace_schema_metadata(None), json.loads(meta[MANIFEST_KEY])
 
 
+def split_assignment(uri: str) -> dict[str, str]:
+    """``image_id -> train|test|unlabeled`` from a `reid split` table (checked by :func:`read_split`)."""
+    table, _ = read_split(uri)
+    return dict(zip(table.column("image_id").to_pylist(), table.column("split").to_pylist(), strict=True))
+
+
+def read_split_table(uri: str) -> pa.Table:
+    """A split table: Parquet file/folder or CSV with an ``image_id`` column and a role column."""
+    if str(uri).lower().endswith((".csv", ".csv.gz")):
+        import pyarrow.csv as pcsv
+
+        fs, path = storage.resolve(uri)
+        try:
+            with fs.open_input_stream(path) as f:
+                table = pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+        except FileNotFoundError as e:
+            raise ReidError(f"split table {uri}: not found") from e
+    else:
+        files = storage.list_files(uri, suffix=".parquet")
+        if not files:
+            raise ReidError(f"split table {uri}: not found (give a Parquet file/folder or a .csv)")
+        table = pa.concat_tables([storage.read_parquet(f) for f in files], promote_options="permissive")
+    if "image_id" not in table.column_names:
+        raise ReidError(f"split table {uri}: no 'image_id' column (found: {', '.join(table.column_names)})")
+    return table
+
+
 __all__ = [
     "INPUT_COLUMNS",
     "KINDS",
@@ -322,6 +350,8 @@ __all__ = [
     "group_key",
     "make_split",
     "read_split",
+    "read_split_table",
+    "split_assignment",
     "split_counts",
     "write_split",
 ]
