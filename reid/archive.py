@@ -167,9 +167,9 @@ def validate_projection(schema: pa.Schema, columns: list[str], source: str) -> N
     """Check the archive columns a reader asks for (plus ``image_id``) against a file's schema,
     so a partial read refuses a wrong file as clearly as a full one."""
     sub = pa.schema([ARCHIVE_SCHEMA.field(c) for c in _with_id(columns) if c in ARCHIVE_SCHEMA.names])
-    from reid.schema import _check_fields  # one checker for whole and projected reads
+    from reid.schema import check_fields  # one checker for whole and projected reads
 
-    _check_fields(schema, sub, source, "archive", OPTIONAL_ARCHIVE_COLUMNS)
+    check_fields(schema, sub, source, "archive", OPTIONAL_ARCHIVE_COLUMNS)
 
 
 def existing_ids(uri: str) -> set[str]:

@@ -105,9 +105,11 @@ MATCHES_SCHEMA = pa.schema(
 )
 
 
-def _check_fields(
+def check_fields(
     schema: pa.Schema, expected: pa.Schema, source: str, what: str, optional: tuple[str, ...] = ()
 ) -> None:
+    """Refuse a ``schema`` missing a column of ``expected`` (``optional`` ones may be absent) or
+    holding one of another type (loss-free variants accepted); ``what`` names the table kind."""
     for field in expected:
         if field.name not in schema.names and field.name in optional:
             continue
@@ -150,7 +152,7 @@ def check_unique(table: pa.Table, column: str, source: str) -> None:
 def validate_archive(table_or_schema: pa.Table | pa.Schema, source: str) -> None:
     """Refuse an archive table with a missing column, a wrong type or a duplicate ``image_id``."""
     schema = table_or_schema if isinstance(table_or_schema, pa.Schema) else table_or_schema.schema
-    _check_fields(schema, ARCHIVE_SCHEMA, source, "archive", OPTIONAL_ARCHIVE_COLUMNS)
+    check_fields(schema, ARCHIVE_SCHEMA, source, "archive", OPTIONAL_ARCHIVE_COLUMNS)
     if isinstance(table_or_schema, pa.Table):
         check_unique(table_or_schema, "image_id", source)
 
@@ -165,7 +167,7 @@ def validate_embeddings(table_or_schema: pa.Table | pa.Schema, source: str) -> i
         raise SchemaError(
             f"{source}: column 'embedding' has type {etype}, expected fixed_size_list<float32>[d]"
         )
-    _check_fields(schema, embeddings_schema(etype.list_size), source, "embeddings", OPTIONAL_CARRIED_COLUMNS)
+    check_fields(schema, embeddings_schema(etype.list_size), source, "embeddings", OPTIONAL_CARRIED_COLUMNS)
     if isinstance(table_or_schema, pa.Table):
         check_unique(table_or_schema, "image_id", source)
     return etype.list_size
@@ -173,7 +175,7 @@ def validate_embeddings(table_or_schema: pa.Table | pa.Schema, source: str) -> i
 
 def validate_matches(table_or_schema: pa.Table | pa.Schema, source: str) -> None:
     schema = table_or_schema if isinstance(table_or_schema, pa.Schema) else table_or_schema.schema
-    _check_fields(schema, MATCHES_SCHEMA, source, "matches")
+    check_fields(schema, MATCHES_SCHEMA, source, "matches")
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

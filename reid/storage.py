@@ -198,7 +198,7 @@ def read_bytes(uri: str) -> bytes:
 
 
 _TMP_PREFIX = ".tmp-"
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # this machine, in temp names
 # .tmp-<host>-<pid>-<uuid>-<name>: the writer, so a later run can tell a dead writer's file from a live one
 _TMP_NAME = re.compile(r"^\.tmp-(?:([0-9a-f]{8})-(\d+)-)?[0-9a-f]{32}-")
 _FOREIGN_TMP_AGE_S = 24 * 3600  # another host's temp file: swept once this old
@@ -209,7 +209,7 @@ def _writer_alive(host: str | None, pid: str | None, mtime: float) -> bool:
 
     if host is None or pid is None:  # the old naming, without its writer: a leftover
         return False
-    if host != _HOST:
+    if host != HOST_TAG:
         return time.time() - mtime < _FOREIGN_TMP_AGE_S
     try:
         os.kill(int(pid), 0)
@@ -263,7 +263,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     fs.create_dir(parent, recursive=True)
     tmp = os.path.join(
-        parent, f"{_TMP_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(path)}"
+        parent, f"{_TMP_PREFIX}{HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(path)}"
     )
     with open(tmp, "wb") as f:
         f.write(data)

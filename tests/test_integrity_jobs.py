@@ -245,7 +245,7 @@ def test_killed_writers_temp_files_are_swept(tmp_path, work):
     next run of the job on that output removes it (a live writer's file is kept)."""
     out = tmp_path / "survey"
     assert reid("synth", str(out), *TINY_SYNTH)[0] == 0
-    host = storage._HOST
+    host = storage.HOST_TAG
     dead = out / f".tmp-{host}-{_dead_pid()}-{uuid.uuid4().hex}-part-00000.parquet"
     live = out / f".tmp-{host}-{os.getpid()}-{uuid.uuid4().hex}-part-00001.parquet"
     old_style = out / f".tmp-{uuid.uuid4().hex}-_manifest.json"
@@ -269,7 +269,7 @@ def test_a_writer_that_dies_mid_write_leaves_a_file_the_sweep_removes(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0
     left = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
-    assert len(left) == 1 and left[0].startswith(f".tmp-{storage._HOST}-")
+    assert len(left) == 1 and left[0].startswith(f".tmp-{storage.HOST_TAG}-")
     assert storage.sweep_temp(str(tmp_path / "out")) == [str(tmp_path / "out" / left[0])]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["target"]
 
