@@ -1,4 +1,5 @@
-"""The ``reid`` command line: one sub-command per job. User errors print one line, exit 2."""
+"""The ``reid`` command line: one sub-command per registered job (:mod:`jobs.registry`), plus the
+modules that add their own commands (serve, submit). User errors print one line, exit 2."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import typer
 
+from jobs import registry
 from reid.errors import ReidError
 
 app = typer.Typer(
@@ -23,42 +25,35 @@ def _root() -> None:
     """Wildlife re-identification at archive scale."""
 
 
-# Each job module defines `register(app)`, adding its command(s). Order = order in `reid --help`.
-JOB_MODULES = [
-    "jobs.synth",
-    "jobs.ingest",
-    "jobs.split",
-    "jobs.train",
-    "jobs.embed",
-    "jobs.index",
-    "jobs.match",
-    "jobs.evaluate",
-    "jobs.serve",
-    "jobs.submit",
-    "jobs.pipeline",
-]
+# The modules behind the commands, in the order of `reid --help` (tests/test_cli.py imports each).
+JOB_MODULES = registry.MODULES
 
 
 def _register_all() -> None:
+    jobs = registry.jobs()
     for name in JOB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a job not built yet; tests/test_cli.py checks every listed job imports
-                continue
-            raise
-        module.register(app)
+        module = sys.modules.get(name) or _import(name)
+        if module is None:
+            continue
+        if hasattr(module, "register"):  # a module with commands of its own (serve, submit)
+            module.register(app)
+        for job in jobs.values():
+            if job.run.__module__ == name:
+                registry.add_commands(app, job)
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:  # a job not built yet
+            return None
+        raise
 
 
 def _config_class(title: str) -> type | None:
     """The job config class a pydantic error is about (by its name), to state allowed ranges."""
-    from pydantic import BaseModel
-
-    for name in JOB_MODULES:
-        cls = getattr(sys.modules.get(name), title, None)
-        if isinstance(cls, type) and issubclass(cls, BaseModel):
-            return cls
-    return None
+    return next((j.config for j in registry.jobs().values() if j.config.__name__ == title), None)
 
 
 def user_message(e: BaseException, argv: list[str]) -> str:

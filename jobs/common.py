@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -305,6 +306,13 @@ def options_error(
         name = ".".join(loc) if as_fields else option_name(".".join(loc))
         parts.append(f"{name}{shown}: {what}")
     return ConfigError(f"reid {job}: " + "; ".join(parts))
+
+
+def one_line(message: str) -> str:
+    """A multi-line error (pydantic's) as one line, without its links and error-type tags."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines if not ln.startswith("For further information"))
+    return re.sub(r" \[type=[^\]]*\]", "", text)
 
 
 def make(job: str, cls: type[BaseModel], **values: Any) -> Any:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import typer
 from pydantic import Field, field_validator
 
 from jobs.common import (
@@ -33,23 +31,28 @@ from jobs.common import (
     JobConfig,
     Output,
     check_locations,
-    parse_config,
     print_summary,
     progress,
 )
+from jobs.registry import RAY, Job, add_job
 from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
+from reid.inference import (
+    REJECTS_DIR,
+    DecodeEmbedder,
+    DecodeUnits,
+    Embedder,
+    check_region_decoder,
+    commit_unit,
+    plan_units,
+    unit_uri,
+)
 from reid.schema import (
-    CARRIED_COLUMNS,
-    OPTIONAL_CARRIED_COLUMNS,
     REJECTS_SCHEMA,
     check_unique,
-    conform,
-    embeddings_schema,
 )
 
 JOB = "embed"
-REJECTS_DIR = "_rejects"
 
 
 class EmbedConfig(JobConfig):
@@ -63,14 +66,14 @@ class EmbedConfig(JobConfig):
     batch_size: int = Field(64, ge=1, le=4096, description="images per model forward")
     actors: int | None = Field(None, ge=1, description="inference actors (default: from resources)")
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when GPUs exist, else 0")
-    cpus_per_actor: float | None = Field(None, gt=0)
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor")
     threads: int | None = Field(None, ge=1, description="torch threads per CPU actor")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each decode actor (GPU layout)")
     inline_decode: bool | None = Field(
         None, description="decode inside the inference actors (default: when they run on CPU)"
     )
-    force: bool = False
-    address: str | None = None
+    force: bool = Field(False, description="recompute everything, even committed units")
+    address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local Ray)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
     max_units: int | None = Field(None, ge=1, description="stop after this many units (testing)")
 
@@ -80,186 +83,6 @@ class EmbedConfig(JobConfig):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
-
-
-# --------------------------------------------------------------------------------------------
-# Units of work
-
-
-def plan_units(archive_uri: str) -> list[dict]:
-    """One unit per (file, row group), with a deterministic key; validates every file's schema."""
-    units = []
-    for f in archive.archive_files(archive_uri):
-        fs, path = storage.resolve(f)
-        md = pq.ParquetFile(fs.open_input_file(path))
-        archive.validate_projection(md.schema_arrow, ["image", "bbox", *CARRIED_COLUMNS], f)
-        rel = f[len(archive_uri.rstrip("/")) :].lstrip("/")
-        for rg in range(md.metadata.num_row_groups):
-            units.append(
-                {
-                    "file": f,
-                    "row_group": rg,
-                    "rows": md.metadata.row_group(rg).num_rows,
-                    "unit": archive.stable_id(rel, str(rg))[:16],
-                }
-            )
-    return units
-
-
-def unit_uri(out: str, unit: str) -> str:
-    return storage.join(out, f"part-{unit}.parquet")
-
-
-def _read_row_group(file: str, row_group: int, columns: list[str], optional: bool = False) -> pa.Table:
-    """One row group; with ``optional``, also the optional carried columns (``photo_id``: the
-    image_id in archives written before it existed)."""
-    fs, path = storage.resolve(file)
-    with fs.open_input_file(path) as f:
-        pf = pq.ParquetFile(f)
-        if not optional:
-            return pf.read_row_group(row_group, columns=columns)
-        present = set(pf.schema_arrow.names)
-        extra = [c for c in OPTIONAL_CARRIED_COLUMNS if c in present and c not in columns]
-        table = pf.read_row_group(row_group, columns=[*columns, *extra])
-    if "photo_id" not in table.column_names:
-        table = table.append_column("photo_id", table.column("image_id"))
-    return table
-
-
-def decode_units(batch: dict, size: int) -> dict:
-    """A batch of unit descriptors -> decoded uint8 pixels of their images (rejects: blank + reason)."""
-    from reid.preprocess import decode_for_model
-
-    ids, units, pixels, reasons = [], [], [], []
-    blank = np.zeros((size, size, 3), np.uint8)
-    for file, rg, unit in zip(batch["file"], batch["row_group"], batch["unit"]):
-        t = _read_row_group(str(file), int(rg), ["image_id", "image", "bbox"])
-        for image_id, data, bbox in zip(
-            t.column("image_id").to_pylist(), t.column("image").to_pylist(), t.column("bbox").to_pylist()
-        ):
-            arr, reason = decode_for_model(data, bbox, size)
-            ids.append(image_id)
-            units.append(unit)
-            pixels.append(blank if arr is None else arr)
-            reasons.append(reason or "")
-    return {
-        "image_id": np.array(ids, dtype=object),
-        "unit": np.array(units, dtype=object),
-        "pixels": np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
-        "reason": np.array(reasons, dtype=object),
-    }
-
-
-def _check_region_decoder() -> None:
-    """Say so when JPEGs will be decoded whole: in each actor's log (Ray keeps actors' output in
-    its session logs), and once in the driver for its own machine, which a local Ray's actors share."""
-    from reid import jpegroi
-
-    if not jpegroi.available():
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "reid/_jpegroi is not built on this node: JPEGs are decoded whole by Pillow (slower); "
-            "install the package with libjpeg headers and a C compiler present (pip install .)"
-        )
-
-
-class DecodeUnits:
-    """Ray Data UDF (CPU actors feeding GPU actors): unit descriptors -> decoded pixels."""
-
-    def __init__(self, size: int):
-        self.size = size
-        _check_region_decoder()
-
-    def __call__(self, batch: dict) -> dict:
-        return decode_units(batch, self.size)
-
-
-class Embedder:
-    """Ray Data actor: loads the model once, embeds decoded batches (rejects pass through)."""
-
-    def __init__(self, model: str, batch_size: int, threads: int | None):
-        import torch
-
-        from reid.allocator import keep_freed_memory
-        from reid.model import load_package
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            keep_freed_memory()  # no mmap/munmap of activations per batch (benchmarks/allocator.py)
-        self.model, self.spec = load_package(model)
-        self.model = self.model.to(self.device).eval()
-        self.batch_size = batch_size
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from reid.preprocess import normalize
-
-        ok = batch["reason"] == ""
-        n, d = len(ok), self.spec.embedding_dim
-        emb = np.zeros((n, d), np.float32)
-        idx = np.flatnonzero(ok)
-        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device == "cuda"):
-            for s in range(0, len(idx), self.batch_size):
-                sel = idx[s : s + self.batch_size]
-                x = normalize(batch["pixels"][sel], self.spec.mean, self.spec.std, self.device)
-                emb[sel] = self.model(x).float().cpu().numpy()
-        return {
-            "image_id": batch["image_id"],
-            "unit": batch["unit"],
-            "embedding": emb,
-            "reason": batch["reason"],
-        }
-
-
-class DecodeEmbedder(Embedder):
-    """Ray Data actor (CPU-only layout): decodes its units' images, then embeds them."""
-
-    def __init__(self, model: str, batch_size: int, threads: int | None):
-        super().__init__(model, batch_size, threads)
-        _check_region_decoder()
-
-    def __call__(self, batch: dict) -> dict:
-        return super().__call__(decode_units(batch, self.spec.input_size))
-
-
-# --------------------------------------------------------------------------------------------
-# Committing units
-
-
-def commit_unit(
-    cfg: EmbedConfig, spec, unit: dict, rows: dict[str, tuple[np.ndarray, str]]
-) -> tuple[int, int]:
-    """Write one unit: its rejects (if any), then its embeddings part (the commit). Returns counts."""
-    meta = _read_row_group(
-        unit["file"], unit["row_group"], ["image_id", "source", *CARRIED_COLUMNS], optional=True
-    )
-    good, bad = [], []
-    for i, image_id in enumerate(meta.column("image_id").to_pylist()):
-        emb, reason = rows[image_id]
-        (bad if reason else good).append((i, image_id, emb, reason))
-    if bad:
-        rej = pa.Table.from_pylist(
-            [{"image_id": b[1], "source": meta.column("source")[b[0]].as_py(), "reason": b[3]} for b in bad],
-            schema=REJECTS_SCHEMA,
-        )
-        storage.write_parquet(rej, storage.join(cfg.out, REJECTS_DIR, f"{unit['unit']}.parquet"))
-    take = pa.array([g[0] for g in good], type=pa.int64())
-    dim = spec.embedding_dim
-    flat = np.concatenate([g[2] for g in good]).astype(np.float32) if good else np.zeros(0, np.float32)
-    cols = {
-        "image_id": pa.array([g[1] for g in good], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
-        "model_id": pa.array([spec.model_id] * len(good), pa.string()),
-    }
-    for c in (*CARRIED_COLUMNS, *OPTIONAL_CARRIED_COLUMNS):
-        cols[c] = meta.column(c).take(take)
-    table = conform(pa.table(cols), embeddings_schema(dim))
-    storage.write_parquet(table, unit_uri(cfg.out, unit["unit"]))
-    return len(good), len(bad)
 
 
 def _check_output(cfg: EmbedConfig, model_id: str) -> None:
@@ -381,7 +204,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
     from cluster.runtime import connect, task_env
 
     connect(cfg.address, num_cpus=cfg.num_cpus)
-    _check_region_decoder()
+    check_region_decoder()
     res = _resources(cfg)
     res["actors"] = min(res["actors"], len(todo))  # an actor per unit at most: none sits idle
     ctx = ray.data.DataContext.get_current()
@@ -425,7 +248,7 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         ):
             pending[unit][image_id] = (emb, reason)  # keyed by id: a retried task cannot duplicate
         for unit in [u for u, rows in pending.items() if len(rows) == by_unit[u]["rows"]]:
-            ok, bad = commit_unit(cfg, spec, by_unit[unit], pending.pop(unit))
+            ok, bad = commit_unit(cfg.out, spec, by_unit[unit], pending.pop(unit))
             n_ok, n_bad = n_ok + ok, n_bad + bad
             bar.update(ok + bad)
     bar.close()
@@ -471,46 +294,32 @@ def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("embed")
-    def embed_cmd(
-        archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive path or s3:// URI"),
-        model: str = typer.Option(..., help="model package (dir/s3://) or timm:NAME / hf-hub:ORG/NAME"),
-        out: str = typer.Option(..., help="embeddings output (path or s3://); one per model version"),
-        batch_size: int = typer.Option(64, help="images per forward pass"),
-        actors: int = typer.Option(None, help="inference actors (default: one per GPU, or per CPU)"),
-        gpus_per_actor: float = typer.Option(None, help="GPUs per actor (default 1 when GPUs exist)"),
-        cpus_per_actor: float = typer.Option(None, help="CPUs reserved per actor"),
-        threads: int = typer.Option(None, help="torch threads per CPU actor"),
-        inline_decode: bool = typer.Option(
-            None,
-            "--inline-decode/--no-inline-decode",
-            help="decode inside the model actors (default: on CPU-only clusters) or in decode actors",
+def _show(cfg: EmbedConfig, summary: dict) -> None:
+    print_summary(JOB, summary)
+    if summary.get("total_rejects"):
+        print(f"{summary['total_rejects']} image(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}")
+
+
+add_job(
+    Job(
+        name=JOB,
+        config=EmbedConfig,
+        run=run,
+        help="Embed an archive with a model; resumable (re-run skips committed units).",
+        args=("archive",),
+        runtime=frozenset(
+            {
+                "actors",
+                "gpus_per_actor",
+                "cpus_per_actor",
+                "threads",
+                "decode_cpus",
+                "inline_decode",
+                "force",
+                "max_units",
+                *RAY,
+            }
         ),
-        force: bool = typer.Option(False, help="recompute everything, even committed units"),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
-        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
-    ):
-        """Embed an archive with a model; resumable (re-run skips committed units)."""
-        cfg = parse_config(
-            JOB,
-            EmbedConfig,
-            archive=archive_uri,
-            model=model,
-            out=out,
-            batch_size=batch_size,
-            actors=actors,
-            gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=cpus_per_actor,
-            threads=threads,
-            inline_decode=inline_decode,
-            force=force,
-            address=address,
-            num_cpus=num_cpus,
-        )
-        summary = run(cfg)
-        print_summary(JOB, summary)
-        if summary.get("total_rejects"):
-            typer.echo(
-                f"{summary['total_rejects']} image(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}"
-            )
+        show=_show,
+    )
+)

@@ -14,7 +14,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import typer
 from pydantic import Field, model_validator
 from rich.table import Table
 
@@ -24,9 +23,9 @@ from jobs.common import (
     Output,
     check_locations,
     console,
-    parse_config,
     print_summary,
 )
+from jobs.registry import Flag, Job, add_job
 from reid import manifest, report, storage
 from reid.data.splits import read_split_table
 from reid.embeddings import read_embeddings
@@ -59,28 +58,36 @@ HEADLINE = [
 class EvaluateConfig(JobConfig):
     embeddings: Input = Field(description="embeddings output of `reid embed` (path or s3://)")
     out: Output = Field(description="report folder (path or s3://)")
-    protocol: Literal["loo", "split", "time"] = "loo"
+    protocol: Literal["loo", "split", "time"] = Field(
+        "loo", description="leave-one-out, a query/gallery split table, or a time cutoff"
+    )
     split: Input | None = Field(None, description="split table (Parquet or CSV): image_id + role column")
-    split_column: str = "split"
-    query_values: list[str] = Field(default_factory=lambda: ["test", "query"])
-    gallery_values: list[str] = Field(default_factory=lambda: ["train", "gallery"])
+    split_column: str = Field("split", description="the split table's role column")
+    query_values: list[str] = Field(
+        default_factory=lambda: ["test", "query"], description="role value(s) of query images"
+    )
+    gallery_values: list[str] = Field(
+        default_factory=lambda: ["train", "gallery"], description="role value(s) of gallery images"
+    )
     cutoff: str | None = Field(None, description="time protocol: first survey (or time) of the queries")
-    cutoff_by: Literal["survey", "captured_at"] = "survey"
-    exclude_same_burst: bool = False
-    exclude_same_day: bool = False
-    same_viewpoint: bool = False
-    burst_seconds: float = Field(60.0, gt=0)
+    cutoff_by: Literal["survey", "captured_at"] = Field("survey", description="time protocol cutoff on")
+    exclude_same_burst: bool = Field(False, description="drop gallery images of the query's burst")
+    exclude_same_day: bool = Field(False, description="drop gallery images taken the query's day")
+    same_viewpoint: bool = Field(
+        False, description="compare like flanks only (left with left; unknown viewpoints with all)"
+    )
+    burst_seconds: float = Field(60.0, gt=0, description="a burst: same camera, within this many seconds")
     threshold: float | None = Field(None, description="new-individual threshold (default: calibrated)")
     target_false_new: float = Field(
         TARGET_FALSE_NEW, gt=0, lt=1, description="calibration: share of known queries called new"
     )
     archive: Input | None = Field(None, description="archive for thumbnails (default: from the lineage)")
-    report: bool = True
-    map_method: Literal["auto", "umap", "tsne", "pca"] = "auto"
+    report: bool = Field(True, description="write the HTML report and plots")
+    map_method: Literal["auto", "umap", "tsne", "pca"] = Field("auto", description="2-D map")
     top: int = Field(20, ge=1, le=60, description="individuals coloured on the 2-D map")
     examples: int = Field(8, ge=0, le=100, description="example queries shown in the report")
     candidates: int = Field(10, ge=1, le=100, description="candidates per query kept in queries.parquet")
-    seed: int = 0
+    seed: int = Field(0, description="seed for sampling examples and the map")
 
     @model_validator(mode="after")
     def _protocol_inputs(self) -> EvaluateConfig:
@@ -255,66 +262,20 @@ def print_metrics(summary: dict) -> None:
     print_summary(JOB, {k: v for k, v in summary.items() if k not in HEADLINE})
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
-    def evaluate_cmd(
-        embeddings: str = typer.Argument(
-            ..., metavar="EMBEDDINGS", help="output of `reid embed` (path/s3://)"
-        ),
-        out: str = typer.Option(..., help="report folder: metrics.json, plots, report.html"),
-        protocol: str = typer.Option("loo", help="loo (leave-one-out) | split (query/gallery table) | time"),
-        split: str = typer.Option(None, help="split table (Parquet/CSV) with image_id and a role column"),
-        split_column: str = typer.Option("split", help="the split table's role column"),
-        query_value: list[str] = typer.Option(["test", "query"], help="role value(s) of query images"),
-        gallery_value: list[str] = typer.Option(["train", "gallery"], help="role value(s) of gallery images"),
-        cutoff: str = typer.Option(None, help="time protocol: first survey of the queries (e.g. 2023)"),
-        cutoff_by: str = typer.Option("survey", help="time protocol cutoff on: survey | captured_at"),
-        exclude_same_burst: bool = typer.Option(False, help="drop gallery images of the query's burst"),
-        exclude_same_day: bool = typer.Option(False, help="drop gallery images taken the query's day"),
-        same_viewpoint: bool = typer.Option(
-            False, help="compare like flanks only (left with left; unknown viewpoints with all)"
-        ),
-        burst_seconds: float = typer.Option(60.0, help="a burst: same camera, within this many seconds"),
-        threshold: float = typer.Option(None, help="new-individual threshold (default: calibrated)"),
-        target_false_new: float = typer.Option(
-            TARGET_FALSE_NEW, help="calibrated threshold: share of known queries it calls new"
-        ),
-        archive: str = typer.Option(
-            None, help="archive for thumbnails (default: from the embeddings' lineage)"
-        ),
-        report_: bool = typer.Option(True, "--report/--no-report", help="write the HTML report and plots"),
-        map_method: str = typer.Option("auto", help="2-D map: auto | umap | tsne | pca"),
-        top: int = typer.Option(20, help="individuals coloured on the 2-D map"),
-        examples: int = typer.Option(8, help="example queries in the report"),
-        seed: int = typer.Option(0, help="seed for sampling examples and the map"),
-    ):
-        """Accuracy@k, mAP, open-set metrics and an HTML report for one model's embeddings."""
-        cfg = parse_config(
-            JOB,
-            EvaluateConfig,
-            embeddings=embeddings,
-            out=out,
-            protocol=protocol,
-            split=split,
-            split_column=split_column,
-            query_values=query_value,
-            gallery_values=gallery_value,
-            cutoff=cutoff,
-            cutoff_by=cutoff_by,
-            exclude_same_burst=exclude_same_burst,
-            exclude_same_day=exclude_same_day,
-            same_viewpoint=same_viewpoint,
-            burst_seconds=burst_seconds,
-            threshold=threshold,
-            target_false_new=target_false_new,
-            archive=archive,
-            report=report_,
-            map_method=map_method,
-            top=top,
-            examples=examples,
-            seed=seed,
-        )
-        summary = run(cfg)
-        print_metrics(summary)
-        if summary.get("report"):
-            typer.echo(f"report: {summary['report']}")
+def _show(cfg: EvaluateConfig, summary: dict) -> None:
+    print_metrics(summary)
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
+
+
+add_job(
+    Job(
+        name=JOB,
+        config=EvaluateConfig,
+        run=run,
+        help="Accuracy@k, mAP, open-set metrics and an HTML report for one model's embeddings.",
+        args=("embeddings",),
+        flags={"query_values": Flag(("--query-value",)), "gallery_values": Flag(("--gallery-value",))},
+        show=_show,
+    )
+)

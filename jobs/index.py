@@ -18,7 +18,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import typer
 from pydantic import Field, field_validator
 
 from jobs.common import (
@@ -27,10 +26,10 @@ from jobs.common import (
     Output,
     check_locations,
     knn,
-    parse_config,
     print_summary,
     ray_get,
 )
+from jobs.registry import RAY, Job, add_job
 from reid import embeddings, manifest, matching, storage
 from reid.embeddings import Block, RowRange, embeddings_ranges
 from reid.errors import ConfigError, ReidError
@@ -40,6 +39,8 @@ from reid.search.allvsall import gallery_table
 from reid.search.index_store import IndexInfo, ShardInfo
 
 JOB = "index"
+# How it runs, not what it builds: these do not change the index version.
+RUNTIME = ("force", "gpu", "keep_versions", *RAY)
 SAMPLE_CHUNK = 256  # rows per randomly chosen chunk when sampling (few row-group reads)
 
 
@@ -56,13 +57,13 @@ class IndexConfig(JobConfig):
     )
     target_false_new: float = Field(0.05, gt=0, lt=1, description="known individuals called new, at most")
     calibration_queries: int = Field(20_000, ge=0, description="labelled images used to calibrate (0 = off)")
-    calibration_k: int = Field(20, ge=1)
+    calibration_k: int = Field(20, ge=1, description="neighbours per calibration query")
     calibration_exclude_same_camera_day: bool = Field(True, description="bursts do not count as resightings")
     keep_versions: int = Field(2, ge=1, description="index versions kept (the one in service included)")
     gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
-    seed: int = 0
-    force: bool = False
-    address: str | None = None
+    seed: int = Field(0, description="seed of the quantizer's training sample")
+    force: bool = Field(False, description="build a new version even if this one is in service")
+    address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local Ray)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
 
     @field_validator("embeddings")
@@ -223,7 +224,7 @@ def _version_key(cfg: IndexConfig, plan: dict, factory: str) -> str:
     key = {
         "inputs": lineage,
         "ranges": [[r.uri, r.start, r.stop] for r in plan["ranges"]],
-        "config": cfg.model_dump(exclude={"force", "address", "num_cpus", "gpu", "out", "keep_versions"}),
+        "config": cfg.model_dump(exclude={*RUNTIME, "out"}),  # runtime settings: jobs/registry.py
         "factory": factory,
     }
     if cfg.force:
@@ -361,48 +362,24 @@ def run(cfg: IndexConfig) -> dict:
     return summary
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("index")
-    def index_cmd(
-        embeddings: list[str] = typer.Argument(
-            ..., metavar="EMBEDDINGS...", help="embeddings outputs (years)"
-        ),
-        out: str = typer.Option(..., help="index location (path or s3://)"),
-        factory: str = typer.Option(
-            None, help="FAISS factory string, e.g. Flat, IVF4096,Flat (default: by size)"
-        ),
-        shard_size: int = typer.Option(1_000_000, help="vectors per shard at most"),
-        nprobe: int = typer.Option(None, help="IVF cells probed by default"),
-        train_sample: int = typer.Option(None, help="rows to train the quantizer on"),
-        target_false_new: float = typer.Option(0.05, help="rate of known individuals called new, at most"),
-        calibration_queries: int = typer.Option(20_000, help="labelled images used to calibrate (0 = off)"),
-        gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="GPU FAISS (default: when GPUs exist)"),
-        force: bool = typer.Option(False, help="build a new version even if this one is in service"),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
-        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
-    ):
-        """Build a sharded FAISS index over embeddings (several surveys -> one population index)."""
-        cfg = parse_config(
-            JOB,
-            IndexConfig,
-            embeddings=embeddings,
-            out=out,
-            factory=factory,
-            shard_size=shard_size,
-            nprobe=nprobe,
-            train_sample=train_sample,
-            target_false_new=target_false_new,
-            calibration_queries=calibration_queries,
-            gpu=gpu,
-            force=force,
-            address=address,
-            num_cpus=num_cpus,
+def _show(cfg: IndexConfig, summary: dict) -> None:
+    print_summary(JOB, summary)
+    cal = summary.get("calibration") or {}
+    if cal.get("threshold") is not None:
+        print(
+            f"threshold {cal['threshold']:.4f}: false-new {cal['false_new']:.3f} on {cal['n']} "
+            f"labelled queries (target {cal['target_false_new']}), accuracy@1 {cal['accuracy_at_1']:.3f}"
         )
-        summary = run(cfg)
-        print_summary(JOB, summary)
-        cal = summary.get("calibration") or {}
-        if cal.get("threshold") is not None:
-            typer.echo(
-                f"threshold {cal['threshold']:.4f}: false-new {cal['false_new']:.3f} on {cal['n']} "
-                f"labelled queries (target {cal['target_false_new']}), accuracy@1 {cal['accuracy_at_1']:.3f}"
-            )
+
+
+add_job(
+    Job(
+        name=JOB,
+        config=IndexConfig,
+        run=run,
+        help="Build a sharded FAISS index over embeddings (several surveys -> one population index).",
+        args=("embeddings",),
+        runtime=frozenset(RUNTIME),
+        show=_show,
+    )
+)

@@ -1,4 +1,4 @@
-"""`reid ingest SRC OUT`: photo folders or metadata files into a Parquet image archive (local or s3://).
+"""`reid ingest SRC --out ARCHIVE`: photo folders or metadata files into a Parquet image archive (local or s3://).
 
 SRC may be a folder, a CSV/JSON manifest, a wildlife-datasets table, a COCO file, MegaDetector
 batch output or a Camtrap DP package, detected from SRC or named with ``--format``
@@ -17,23 +17,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import typer
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from jobs.common import parse_config, print_summary, progress
+from jobs.common import Input, JobConfig, Output, print_summary, progress
+from jobs.registry import Alias, Flag, Job, add_job
 from reid import archive, ingest, manifest, storage
 
 JOB = "ingest"
 
 
-class IngestConfig(BaseModel):
-    src: str = Field(
+class IngestConfig(JobConfig):
+    src: Input = Field(
         description="folder with one subfolder per individual, or a metadata file (manifest, "
         "wildlife-datasets table, COCO, MegaDetector output, Camtrap DP package)"
     )
-    out: str = Field(description="archive location: a path or s3://bucket/prefix")
-    species: str | None = None
-    survey: str | None = None
-    threads: int = Field(4, ge=1, le=64)
+    out: Output = Field(description="archive location: a path or s3://bucket/prefix")
+    species: str | None = Field(None, description="species of every photo (unless the manifest says)")
+    survey: str | None = Field(None, description="survey label, e.g. 2023 (unless the manifest says)")
+    threads: int = Field(4, ge=1, le=64, description="parallel readers/decoders")
     update: bool = Field(False, description="rewrite archive rows whose labels/metadata changed in SRC")
     decode_megapixels: int = Field(
         ingest.DECODE_PIXEL_BUDGET // 1_000_000,
@@ -151,52 +152,28 @@ def run(cfg: IngestConfig) -> dict:
     }
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("ingest")
-    def ingest_cmd(
-        src: str = typer.Argument(
-            ...,
-            help="photo folder (SRC/<individual>/<photo>), manifest, wildlife-datasets table, COCO, "
-            "MegaDetector JSON or Camtrap DP package",
-        ),
-        out: str = typer.Argument(..., help="archive output: path or s3://bucket/prefix"),
-        species: str = typer.Option(None, help="species of every photo (unless the manifest says)"),
-        survey: str = typer.Option(None, help="survey label, e.g. 2023 (unless the manifest says)"),
-        threads: int = typer.Option(4, help="parallel readers/decoders"),
-        update: bool = typer.Option(
-            False, "--update", help="rewrite rows already in OUT whose label/metadata differ in SRC"
-        ),
-        decode_megapixels: int = typer.Option(
-            ingest.DECODE_PIXEL_BUDGET // 1_000_000, help="megapixels decoded at once by all threads"
-        ),
-        format: str = typer.Option(None, "--format", help=f"input format: {', '.join(ingest.FORMATS)}"),
-        image_root: str = typer.Option(None, help="folder the metadata's file names are relative to"),
-        min_confidence: float = typer.Option(None, help="MegaDetector: lowest confidence kept (default 0.2)"),
-        category: list[str] = typer.Option(None, help="MegaDetector: category kept (repeat; default animal)"),
-    ):
-        """Ingest photos into a Parquet image archive; unreadable files go to OUT/_rejects.parquet."""
-        cfg = parse_config(
-            JOB,
-            IngestConfig,
-            src=src,
-            out=out,
-            species=species,
-            survey=survey,
-            threads=threads,
-            update=update,
-            decode_megapixels=decode_megapixels,
-            format=format,
-            image_root=image_root,
-            **({"min_confidence": min_confidence} if min_confidence is not None else {}),
-            **({"categories": category} if category else {}),
+def _show(cfg: IngestConfig, summary: dict) -> None:
+    print_summary(JOB, summary)
+    if summary["rejected"]:
+        typer.echo(f"{summary['rejected']} file(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}")
+    if summary["changed"] and not cfg.update:
+        typer.echo(
+            f"{summary['changed']} row(s) already in {cfg.out} differ from {cfg.src} (labels/metadata); "
+            "re-run with --update to write them",
+            err=True,
         )
-        summary = run(cfg)
-        print_summary(JOB, summary)
-        if summary["rejected"]:
-            typer.echo(f"{summary['rejected']} file(s) rejected: see {storage.join(out, archive.REJECTS)}")
-        if summary["changed"] and not update:
-            typer.echo(
-                f"{summary['changed']} row(s) already in {out} differ from {src} (labels/metadata); "
-                "re-run with --update to write them",
-                err=True,
-            )
+
+
+add_job(
+    Job(
+        name=JOB,
+        config=IngestConfig,
+        run=run,
+        help="Ingest photos into a Parquet image archive; unreadable files go to OUT/_rejects.parquet.",
+        args=("src",),
+        runtime=frozenset({"threads", "decode_megapixels"}),
+        flags={"categories": Flag(("--category",))},
+        aliases=(Alias("out", "out", positional=True),),  # `reid ingest SRC OUT`, as before
+        show=_show,
+    )
+)

@@ -26,7 +26,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import typer
 from pydantic import Field
 
 from jobs.common import (
@@ -35,9 +34,9 @@ from jobs.common import (
     Output,
     check_locations,
     knn,
-    parse_config,
     print_summary,
 )
+from jobs.registry import RAY, Alias, Job, add_job
 from reid import manifest, matching, population, storage
 from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
 from reid.search import index_store
@@ -54,10 +53,10 @@ class MatchConfig(JobConfig):
     query: Input | None = Field(
         None, description="embeddings to match against the index (default: all-vs-all)"
     )
-    k: int = Field(10, ge=1, le=1000)
-    exclude_self: bool = True
-    exclude_same_camera_day: bool = False
-    across_surveys: bool = False
+    k: int = Field(10, ge=1, le=1000, description="neighbours per query")
+    exclude_self: bool = Field(True, description="drop each image's match with itself")
+    exclude_same_camera_day: bool = Field(False, description="skip neighbours from the same camera and day")
+    across_surveys: bool = Field(False, description="match only images of other surveys")
     nprobe: int | None = Field(None, ge=1, description="IVF cells probed (default: the index's)")
     threshold: float | None = Field(None, description="new-individual threshold (default: the index's)")
     use_labels: bool = Field(True, description="labelled images keep their label in population tables")
@@ -66,8 +65,8 @@ class MatchConfig(JobConfig):
         None, ge=1, description="search tasks in flight, x2 (default: one per CPU or GPU)"
     )
     gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
-    force: bool = False
-    address: str | None = None
+    force: bool = Field(False, description="recompute even a committed output")
+    address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local Ray)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray")
 
     def exclusions(self) -> matching.Exclusions:
@@ -235,54 +234,21 @@ def read_matches(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("match")
-    def match_cmd(
-        index: str = typer.Argument(..., metavar="INDEX", help="index path or s3:// URI"),
-        out: str = typer.Option(..., help="matches output (path or s3://)"),
-        k: int = typer.Option(10, help="neighbours per query"),
-        query: str = typer.Option(None, help="embeddings of new photos (default: all-vs-all over the index)"),
-        include_self: bool = typer.Option(False, help="keep each image's match with itself"),
-        exclude_same_camera_day: bool = typer.Option(
-            False, help="skip neighbours from the same camera and day"
-        ),
-        across_surveys: bool = typer.Option(False, help="match only images of other surveys"),
-        nprobe: int = typer.Option(None, help="IVF cells probed per query (default: the index's)"),
-        threshold: float = typer.Option(None, help="new-individual score threshold (default: the index's)"),
-        use_labels: bool = typer.Option(True, help="labelled images keep their label in population tables"),
-        query_block: int = typer.Option(8192, help="queries per task"),
-        workers: int = typer.Option(
-            None, help="search tasks in flight, x2 (default: one per CPU, or per GPU)"
-        ),
-        gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="GPU FAISS (default: when GPUs exist)"),
-        force: bool = typer.Option(False, help="recompute even a committed output"),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"),
-        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
-    ):
-        """k-NN of every image (or of --query photos) in the index: matches, decisions, populations."""
-        cfg = parse_config(
-            JOB,
-            MatchConfig,
-            index=index,
-            out=out,
-            k=k,
-            query=query,
-            exclude_self=not include_self,
-            exclude_same_camera_day=exclude_same_camera_day,
-            across_surveys=across_surveys,
-            nprobe=nprobe,
-            threshold=threshold,
-            use_labels=use_labels,
-            query_block=query_block,
-            workers=workers,
-            gpu=gpu,
-            force=force,
-            address=address,
-            num_cpus=num_cpus,
-        )
-        summary = run(cfg)
-        print_summary(JOB, summary)
-        for row in summary.get("surveys", []):
-            typer.echo(
-                f"survey {row['survey']}: seen {row['seen']}, resighted {row['resighted']}, new {row['new']}"
-            )
+def _show(cfg: MatchConfig, summary: dict) -> None:
+    print_summary(JOB, summary)
+    for row in summary.get("surveys", []):
+        print(f"survey {row['survey']}: seen {row['seen']}, resighted {row['resighted']}, new {row['new']}")
+
+
+add_job(
+    Job(
+        name=JOB,
+        config=MatchConfig,
+        run=run,
+        help="k-NN of every image (or of --query photos) in the index: matches, decisions, populations.",
+        args=("index",),
+        runtime=frozenset({"query_block", "workers", "gpu", "force", *RAY}),
+        aliases=(Alias("include_self", "exclude_self", cli_type=bool, value=lambda v: not v),),
+        show=_show,
+    )
+)

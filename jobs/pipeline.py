@@ -19,39 +19,18 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
 
-import typer
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from jobs.common import Input, JobConfig, console, options_error, print_summary
-from jobs.submit import job_module, one_line, output_fields
+from jobs import registry
+from jobs.common import Input, JobConfig, console, one_line, options_error, print_summary
+from jobs.registry import RAY, Flag, Job, add_job
 from reid import manifest, storage
 from reid.errors import ConfigError, ReidError
 
 JOB = "pipeline"
-INPUTS = ("file",)  # for `reid submit pipeline`: the file is the input; --set values are not
-# Config fields that change how a job runs, not what it produces: a change does not make an
-# output stale. A job module may add its own (EXECUTION_FIELDS = {...}).
-EXECUTION_FIELDS = {
-    "address",
-    "num_cpus",
-    "num_gpus",
-    "force",
-    "threads",
-    "actors",
-    "cpus_per_actor",
-    "gpus_per_actor",
-    "cpus_per_worker",
-    "decode_cpus",
-    "inline_decode",
-    "data_workers",
-    "max_units",
-    "cache_dir",
-    "gpu",
-    "query_block",
-}
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)(?:\.([A-Za-z_]\w*))?\}")
 
 
@@ -69,15 +48,14 @@ class Step:
     name: str
     job: str
     fields: dict[str, Any]
-    module: Any = None
+    entry: Job | None = None
     config: BaseModel | None = None
     deps: list[str] = field(default_factory=list)
 
     @property
     def out(self) -> str | None:
-        values = self.config.model_dump()
-        names = output_fields(self.module, values)
-        return values[names[0]] if names else None
+        names = self.entry.outputs
+        return getattr(self.config, names[0]) if names else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,14 +115,6 @@ def _substitute(value: Any, lookup, where: str) -> Any:
     return _REF.sub(lambda m: str(lookup(m.group(1), m.group(2), where)), value)
 
 
-def _config_class(module) -> type[BaseModel]:
-    hints = get_type_hints(module.run)
-    cls = next((h for k, h in hints.items() if k != "return"), None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-        raise ReidError(f"{module.__name__}.run takes no pydantic config; it cannot be a pipeline step")
-    return cls
-
-
 def load(cfg: PipelineConfig) -> list[Step]:
     """Read the pipeline, resolve references and configs; returns the steps in run order."""
     data = _parse(cfg.file)
@@ -193,8 +163,8 @@ def load(cfg: PipelineConfig) -> list[Step]:
 
     order = _order(steps, cfg.file)
     for step in order:
-        step.module = job_module(step.job)
-        cls = _config_class(step.module)
+        step.entry = registry.get(step.job)
+        cls = step.entry.config
         unknown = sorted(set(step.fields) - set(cls.model_fields))
         if unknown:
             raise ConfigError(
@@ -244,10 +214,9 @@ def _order(steps: dict[str, Step], uri: str) -> list[Step]:
 # Committed and current
 
 
-def _comparable(config: dict, module) -> dict:
-    ignore = EXECUTION_FIELDS | set(getattr(module, "EXECUTION_FIELDS", ()))
-    clean = json.loads(json.dumps(manifest.scrub(config), default=str))
-    return {k: v for k, v in clean.items() if k not in ignore}
+def _comparable(config: dict, entry: Job) -> dict:
+    """What an output depends on: the config without the job's runtime settings (jobs/registry.py)."""
+    return entry.identity(json.loads(json.dumps(manifest.scrub(config), default=str)))
 
 
 def staleness(step: Step) -> str | None:
@@ -263,8 +232,8 @@ def staleness(step: Step) -> str | None:
             f"step [{step.name}]: {out} holds the output of `reid {m.get('job')}`; choose another out"
         )
     now, then = (
-        _comparable(step.config.model_dump(), step.module),
-        _comparable(m.get("config") or {}, step.module),
+        _comparable(step.config.model_dump(), step.entry),
+        _comparable(m.get("config") or {}, step.entry),
     )
     changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if changed:
@@ -335,14 +304,14 @@ def _run_step(step: Step, forced: bool) -> dict:
     has_force = "force" in type(step.config).model_fields
     config = step.config.model_copy(update={"force": True}) if forced and has_force else step.config
     try:
-        summary = step.module.run(config)
+        summary = step.entry.run(config)
         if not forced and step.out and staleness(step) is not None:
             if not has_force:
                 raise ReidError(
                     f"reid {step.job} left {step.out} stale ({staleness(step)}); remove it and re-run"
                 )
             say(f"[pipeline] {step.name}: the job kept its old output; running again with force")
-            summary = step.module.run(step.config.model_copy(update={"force": True}))
+            summary = step.entry.run(step.config.model_copy(update={"force": True}))
     except ReidError as e:
         raise type(e)(f"step [{step.name}] (reid {step.job}): {e}") from e
     return summary
@@ -361,23 +330,15 @@ def _print_plan(rows: list[dict], uri: str) -> None:
     console.print(table)
 
 
-def register(app: typer.Typer) -> None:
-    def pipeline_cmd(
-        file: str = typer.Argument(..., metavar="PIPELINE", help="pipeline file (TOML/YAML), path or s3://"),
-        set_: list[str] = typer.Option(None, "--set", help="VAR=VALUE or STEP.FIELD=VALUE; repeatable"),
-        force: list[str] = typer.Option(None, help="a step to run even when current; repeatable"),
-        plan: bool = typer.Option(False, help="say what would run and why; run nothing"),
-        address: str = typer.Option(None, help="Ray cluster address for the steps (default: local Ray)"),
-        num_cpus: int = typer.Option(None, help="CPUs for an embedded local Ray"),
-    ):
-        """Run a pipeline of jobs, skipping steps whose outputs are committed and current."""
-        try:
-            cfg = PipelineConfig(
-                file=file, set=set_ or [], force=force or [], plan=plan, address=address, num_cpus=num_cpus
-            )
-        except ValueError as e:
-            raise options_error(JOB, e, PipelineConfig) from e
-        print_summary(JOB, run(cfg))
-
-    app.command("pipeline")(pipeline_cmd)
-    app.command("run", hidden=True, help="Same as `reid pipeline`.")(pipeline_cmd)
+add_job(
+    Job(
+        name=JOB,
+        config=PipelineConfig,
+        run=run,
+        help="Run a pipeline of jobs, skipping steps whose outputs are committed and current.",
+        args=("file",),
+        runtime=frozenset({"plan", *RAY}),
+        flags={"set": Flag(("--set",)), "force": Flag(("--force",))},
+        other_names=("run",),
+    )
+)

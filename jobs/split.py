@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-import typer
 from pydantic import Field
 
 from jobs.common import (
@@ -13,9 +12,8 @@ from jobs.common import (
     JobConfig,
     OutputFile,
     check_locations,
-    parse_config,
-    print_summary,
 )
+from jobs.registry import Job, add_job
 from reid import archive, manifest, storage
 from reid.data import splits
 from reid.errors import ConfigError, ReidError
@@ -26,13 +24,15 @@ JOB = "split"
 class SplitConfig(JobConfig):
     archive: Input = Field(description="archive location: a path or s3://bucket/prefix")
     out: OutputFile = Field(description="split table to write: a .parquet path or s3:// key")
-    kind: Literal["identity", "open", "closed", "closed-photo", "time"] = "identity"
+    kind: Literal["identity", "open", "closed", "closed-photo", "time"] = Field(
+        "identity", description="closed-photo: by photo, as published baselines"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="approximate share of labeled images in test")
     unknown_fraction: float = Field(
         0.5, gt=0, lt=1, description="open split: share of test images unseen in train"
     )
     cutoff: str | None = Field(None, description="time split: first survey that goes to test")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="same seed, same split")
 
 
 def run(cfg: SplitConfig) -> dict:
@@ -69,32 +69,12 @@ def run(cfg: SplitConfig) -> dict:
     return {"kind": cfg.kind, **counts, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("split")
-    def split_cmd(
-        archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive: path or s3://bucket/prefix"),
-        out: str = typer.Option(..., "--out", help="split table to write (Parquet), e.g. split.parquet"),
-        kind: str = typer.Option(
-            "identity",
-            help="identity | open | closed | closed-photo (by photo, as published baselines) | time",
-        ),
-        test_fraction: float = typer.Option(0.2, help="approximate share of labeled images in test"),
-        unknown_fraction: float = typer.Option(
-            0.5, help="open split: share of test images from unseen individuals"
-        ),
-        cutoff: str = typer.Option(None, help="time split: first survey that goes to test, e.g. 2023"),
-        seed: int = typer.Option(0, help="same seed, same split"),
-    ):
-        """Split an archive into train/test (+ unlabeled) without leaking bursts or same-day sightings."""
-        cfg = parse_config(
-            JOB,
-            SplitConfig,
-            archive=archive_uri,
-            out=out,
-            kind=kind,
-            test_fraction=test_fraction,
-            unknown_fraction=unknown_fraction,
-            cutoff=cutoff,
-            seed=seed,
-        )
-        print_summary(JOB, run(cfg))
+add_job(
+    Job(
+        name=JOB,
+        config=SplitConfig,
+        run=run,
+        help="Split an archive into train/test (+ unlabeled) without leaking bursts or same-day sightings.",
+        args=("archive",),
+    )
+)

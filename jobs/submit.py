@@ -1,14 +1,13 @@
 """`reid submit JOB ARGS... --address http://HEAD:8265` and `reid jobs list|status|logs|stop`.
 
-Before anything reaches the cluster, the job's own command parses ARGS into its config (the same
-validation as a local run), every input location is checked, and the submission id is derived
+Before anything reaches the cluster, the job's own command (built from :mod:`jobs.registry`)
+parses ARGS into its config (the same validation as a local run), every input location is checked, and the submission id is derived
 from (job, config, inputs). Then the job is submitted through the Ray Jobs API as
 ``python -m jobs.cli JOB ARGS...`` with a runtime_env carrying the code and the storage variables.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,104 +17,45 @@ import typer
 from pydantic import BaseModel
 
 from cluster import submit as jobs_api
-from jobs.common import location_fields, paths_as_given
+from jobs import registry
+from jobs.common import one_line, paths_as_given
+from jobs.registry import Job
 from reid import storage
 from reid.errors import ReidError
 from reid.manifest import read_manifest, scrub
 
-# Config fields that name outputs (never checked for existence); modules may say OUTPUTS = (...).
-_OUTPUT_NAMES = re.compile(r"^(out|output|out_.*|.*_out)$")
 # A value with a scheme other than these is a name (timm:resnet18, hf-hub:org/model), not a location.
 _NAME_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:(?!//)")
 
 
 # --------------------------------------------------------------------------------------------
-# Jobs by command name
+# A job's config, parsed here by its own command line
 
 
-def _modules() -> list[str]:
-    from jobs.cli import JOB_MODULES
+def parse_job_args(job: str, args: list[str]) -> tuple[Job, BaseModel]:
+    """The job's registry entry and the config its command line builds from ``args``.
 
-    return JOB_MODULES
-
-
-def command_names(module) -> list[str]:
-    """The command names a job module registers."""
-    app = typer.Typer()
-    module.register(app)
-    return [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
-
-
-def job_module(job: str):
-    """The module whose ``register`` adds command ``job`` and that has ``run(config)``."""
-    known = []
-    for name in _modules():
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        if not hasattr(module, "run"):
-            continue
-        names = command_names(module)
-        known += names
-        if job in names:
-            return module
-    raise ReidError(f"reid {job}: not a job that can be submitted; jobs: {', '.join(known)}")
-
-
-class _Captured(Exception):
-    def __init__(self, config):
-        self.config = config
-
-
-def parse_job_args(job: str, args: list[str]) -> tuple[object, BaseModel]:
-    """Run the job's own command line parsing up to ``run(config)``, and return that config.
-
-    The command validates its options exactly as a local run would (bad options raise the job's
-    own error); ``run`` is replaced for the call, so nothing of the job itself executes.
+    The command is the one `reid JOB` runs (:func:`jobs.registry.command`), so options validate
+    exactly as in a local run; its action keeps the config instead of running the job.
     """
-    module = job_module(job)
+    entry = registry.get(job)
+    captured: list[BaseModel] = []
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _group() -> None:
-        """Holds the job's command."""
-
-    module.register(app)
-    original = module.run
-
-    def capture(config, *a, **kw):
-        raise _Captured(config)
-
-    module.run = capture
+    app.command(job)(registry.command(entry, captured.append))
     try:
         with paths_as_given():  # a relative path means nothing on the cluster: refused below, by name
-            typer.main.get_command(app).main(args=[job, *args], prog_name="reid", standalone_mode=False)
-    except _Captured as c:
-        if not isinstance(c.config, BaseModel):
-            raise ReidError(f"reid {job}: run() got a {type(c.config).__name__}, not a config") from None
-        return module, c.config
+            typer.main.get_command(app).main(args=list(args), prog_name=f"reid {job}", standalone_mode=False)
     except ReidError as e:  # the job's own validation: keep its words, on one line
         raise type(e)(one_line(str(e))) from None
     except (typer.Exit, typer.Abort):
         raise ReidError(f"reid {job}: nothing to submit") from None
     except typer.TyperException as e:  # usage errors: missing argument, unknown option, bad value
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        raise ReidError(f"reid {job}: {message}") from None
-    finally:
-        module.run = original
+        raise ReidError(f"reid {job}: {e.format_message()}") from None
+    if captured:
+        return entry, captured[0]
     if "--help" in args:
         raise typer.Exit(0)  # the job's help was printed
-    raise ReidError(f"reid {job}: its command did not call run(config), so it cannot be submitted")
-
-
-def one_line(message: str) -> str:
-    """A multi-line error (pydantic's) as one line, without its links and error-type tags."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    text = " ".join(ln for ln in lines if not ln.startswith("For further information"))
-    return re.sub(r" \[type=[^\]]*\]", "", text)
+    raise ReidError(f"reid {job}: nothing to submit")
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,27 +73,11 @@ def is_location(value) -> bool:
     return "/" in value or value.startswith(("~", "."))
 
 
-def output_fields(module, values: dict) -> list[str]:
-    """The config fields that name a job's outputs: the module's ``OUTPUTS``, else ``out``-like names."""
-    return list(getattr(module, "OUTPUTS", None) or [k for k in values if _OUTPUT_NAMES.match(k)])
-
-
-def locations(module, config: BaseModel) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(inputs, outputs) of a config as (field, location) pairs.
-
-    A module may name them (``INPUTS`` / ``OUTPUTS`` tuples of field names); otherwise outputs are
-    fields named like ``out`` and inputs are the other fields holding locations.
-    """
+def locations(job: Job, config: BaseModel) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(inputs, outputs) of a config as (field, location) pairs, from the job's location fields."""
     values = config.model_dump()
-    marked = location_fields(type(config))  # the config's own Input/Output fields, when it has them
-    outputs = [k for k, loc in marked.items() if loc.role == "output"] or output_fields(module, values)
-    inputs = (
-        [k for k, loc in marked.items() if loc.role == "input"]
-        or getattr(module, "INPUTS", None)
-        or [k for k in values if k not in outputs]
-    )
     pairs = lambda names: [(k, v) for k in names for v in _as_list(values.get(k)) if is_location(v)]  # noqa: E731
-    return pairs(inputs), pairs(outputs)
+    return pairs(job.inputs), pairs(job.outputs)
 
 
 def _as_list(v) -> list:
@@ -213,8 +137,8 @@ def prepare(
     resources: dict[str, float] | None = None,
 ) -> tuple[jobs_api.JobSpec, list[tuple[str, str]]]:
     """Validate a job's args and inputs and build its submission; returns (spec, local paths used)."""
-    module, config = parse_job_args(job, args)
-    inputs, outputs = locations(module, config)
+    entry, config = parse_job_args(job, args)
+    inputs, outputs = locations(entry, config)
     prints = check_locations(job, inputs, outputs, check_inputs=check_inputs)
     resolved = scrub(json.loads(json.dumps(config.model_dump(mode="json"), default=str)))
     spec = jobs_api.JobSpec(

