@@ -33,6 +33,9 @@ from jobs.registry import RAY, Job, add_job
 from reid import embeddings, manifest, matching, storage
 from reid.embeddings import Block, RowRange, embeddings_ranges
 from reid.errors import ConfigError, ReidError
+from reid.review import apply as review_apply
+from reid.review.apply import Reviewed
+from reid.review.resolve import ID_FORMAT, check_id_format
 from reid.schema import CARRIED_COLUMNS, check_unique
 from reid.search import faiss_index, index_store
 from reid.search.allvsall import gallery_table
@@ -60,6 +63,10 @@ class IndexConfig(JobConfig):
     calibration_k: int = Field(20, ge=1, description="neighbours per calibration query")
     calibration_exclude_same_camera_day: bool = Field(True, description="bursts do not count as resightings")
     keep_versions: int = Field(2, ge=1, description="index versions kept (the one in service included)")
+    reviews: Input | None = Field(
+        None, description="reviewers' decisions: confirmed photos are indexed with their reviewed labels"
+    )
+    id_format: str = Field(ID_FORMAT, description="new individual ids minted from reviews")
     gpu: bool | None = Field(None, description="GPU FAISS: None = when the cluster has GPUs")
     seed: int = Field(0, description="seed of the quantizer's training sample")
     force: bool = Field(False, description="build a new version even if this one is in service")
@@ -168,10 +175,13 @@ def build_task(
     dim: int,
     model_id: str | None,
     gpu: bool,
+    reviewed: Reviewed | None = None,
 ) -> int:
     """One shard: read its rows, add them to the trained index, write FAISS file then id table."""
     faiss_index.set_threads(1)
     table = _read_rows(ranges, ["image_id", "embedding", "model_id", *CARRIED_COLUMNS])
+    if reviewed is not None:  # confirmed photos carry their reviewed label; merges applied
+        table = reviewed.relabel(table)
     if model_id is not None:
         embeddings.check_model(table, model_id, ranges[0].uri, "re-run `reid embed`")
     vectors = embeddings.vectors_of(table)
@@ -219,13 +229,14 @@ def calibrate(cfg: IndexConfig, info: IndexInfo, gpu: bool | None) -> dict:
 # The job
 
 
-def _version_key(cfg: IndexConfig, plan: dict, factory: str) -> str:
+def _version_key(cfg: IndexConfig, plan: dict, factory: str, reviews: str | None = None) -> str:
     lineage = [(uri, (manifest.read_manifest(uri) or {}).get("ended_at")) for uri in cfg.embeddings]
     key = {
         "inputs": lineage,
         "ranges": [[r.uri, r.start, r.stop] for r in plan["ranges"]],
         "config": cfg.model_dump(exclude={*RUNTIME, "out"}),  # runtime settings: jobs/registry.py
         "factory": factory,
+        "reviews": reviews,
     }
     if cfg.force:
         key["forced_at"] = time.time_ns()
@@ -271,7 +282,8 @@ def run(cfg: IndexConfig) -> dict:
     trained_needed = faiss_index.needs_training(factory, dim)  # also validates the factory string
     if trained_needed and cfg.train_sample is not None and cfg.train_sample < 2:
         raise ConfigError("train_sample must be at least 2")
-    version = _version_key(cfg, plan, factory)
+    reviewed = review_apply.load(cfg.reviews, check_id_format(cfg.id_format)) if cfg.reviews else None
+    version = _version_key(cfg, plan, factory, reviewed.digest if reviewed else None)
     if m and m.get("version") == version and not cfg.force:
         return {**m.get("summary", {}), "up_to_date": True}
 
@@ -303,7 +315,9 @@ def run(cfg: IndexConfig) -> dict:
     build = ray.remote(build_task).options(**task, max_retries=2)
     todo = [s for s in shards if not storage.exists(storage.join(vuri, s.name + ".ids.parquet"))]
     refs = [
-        build.remote(vuri, s.name, s.ranges, trained_uri, factory, dim, plan["model_id"], bool(n_gpus))
+        build.remote(
+            vuri, s.name, s.ranges, trained_uri, factory, dim, plan["model_id"], bool(n_gpus), reviewed
+        )
         for s in todo
     ]
     ray_get(refs)
@@ -350,12 +364,12 @@ def run(cfg: IndexConfig) -> dict:
         "factory": factory,
         "threshold": info.threshold,
         "summary": summary,
+        "reviews": reviewed.lineage() if reviewed else None,
     }
-    manifest.write_manifest(vuri, JOB, cfg.model_dump(), cfg.embeddings, counts, started, **extra)
+    inputs = cfg.embeddings + ([cfg.reviews] if cfg.reviews else [])
+    manifest.write_manifest(vuri, JOB, cfg.model_dump(), inputs, counts, started, **extra)
     previous = m.get("version") if m else None
-    manifest.write_manifest(
-        cfg.out, JOB, cfg.model_dump(), cfg.embeddings, counts, started, **extra
-    )  # pointer
+    manifest.write_manifest(cfg.out, JOB, cfg.model_dump(), inputs, counts, started, **extra)  # pointer
     summary["removed_versions"] = _cleanup(
         cfg.out, [version] + ([previous] if previous else []), cfg.keep_versions
     )

@@ -39,6 +39,9 @@ from jobs.common import (
 from jobs.registry import RAY, Alias, Job, add_job
 from reid import manifest, matching, population, storage
 from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
+from reid.review import apply as review_apply
+from reid.review.apply import Reviewed
+from reid.review.resolve import ID_FORMAT, check_id_format
 from reid.search import index_store
 from reid.search.allvsall import gallery_table
 from reid.search.index_store import IndexInfo
@@ -60,6 +63,12 @@ class MatchConfig(JobConfig):
     nprobe: int | None = Field(None, ge=1, description="IVF cells probed (default: the index's)")
     threshold: float | None = Field(None, description="new-individual threshold (default: the index's)")
     use_labels: bool = Field(True, description="labelled images keep their label in population tables")
+    reviews: Input | None = Field(
+        None, description="reviewers' decisions to apply (an index or `reid serve --reviews` folder)"
+    )
+    id_format: str = Field(
+        ID_FORMAT, description="new individual ids minted from reviews, e.g. NYL-{year}-{n:04d}"
+    )
     query_block: int = Field(8192, ge=1, description="queries per task")
     workers: int | None = Field(
         None, ge=1, description="search tasks in flight, x2 (default: one per CPU or GPU)"
@@ -109,8 +118,11 @@ def _prepare_output(cfg: MatchConfig, plan_key: str, decision_key: str) -> dict 
     return None
 
 
-def decide_blocks(out: str, n_blocks: int, threshold: float | None) -> tuple[pa.Table, pa.Table, int]:
+def decide_blocks(
+    out: str, n_blocks: int, threshold: float | None, reviewed: Reviewed | None = None
+) -> tuple[pa.Table, pa.Table, int]:
     """Decisions block by block, then the new-individual groups from the few edges they need.
+    ``reviewed``: confirmed photos are labelled, merged individuals renamed, rejected pairs dropped.
 
     Memory: O(N) decisions + the edges of new, unlabelled images; never all N*k matches at once.
     Returns (decisions, proposed new individuals, number of match rows).
@@ -121,6 +133,8 @@ def decide_blocks(out: str, n_blocks: int, threshold: float | None) -> tuple[pa.
         queries = storage.read_parquet(_part(out, "queries", b))
         matches = storage.read_parquet(_part(out, "matches", b), columns=cols)
         n_matches += len(matches)
+        if reviewed is not None:
+            queries, matches = reviewed.relabel(queries), reviewed.filter_matches(matches)
         dec = matching.decide(queries, matches, threshold)
         decisions.append(dec)
         new = dec.filter(pc.and_(dec.column("is_new"), pc.is_null(dec.column("individual_id"))))
@@ -153,7 +167,8 @@ def run(cfg: MatchConfig) -> dict:
     nprobe = cfg.nprobe or info.nprobe
     threshold = cfg.threshold if cfg.threshold is not None else info.threshold
     key = _plan_key(cfg, info, blocks, nprobe)
-    decision_key = json.dumps([threshold, cfg.use_labels])
+    reviewed = review_apply.load(cfg.reviews, check_id_format(cfg.id_format)) if cfg.reviews else None
+    decision_key = json.dumps([threshold, cfg.use_labels, reviewed.digest if reviewed else None])
     existing = _prepare_output(cfg, key, decision_key)
     if existing is not None:
         return {**existing.get("summary", {}), "up_to_date": True}
@@ -170,7 +185,7 @@ def run(cfg: MatchConfig) -> dict:
         )
     knn_s = time.perf_counter() - t_knn
 
-    decisions, proposed, n_matches = decide_blocks(cfg.out, len(blocks), threshold)
+    decisions, proposed, n_matches = decide_blocks(cfg.out, len(blocks), threshold, reviewed)
     storage.write_parquet(decisions, storage.join(cfg.out, "decisions.parquet"))
     storage.write_parquet(proposed, storage.join(cfg.out, "new_individuals.parquet"))
     n_q = len(decisions)
@@ -199,6 +214,8 @@ def run(cfg: MatchConfig) -> dict:
         )
     if cfg.query is None:
         identities = population.assign_identities(decisions, proposed, cfg.use_labels)
+        if reviewed is not None:
+            identities = reviewed.mark(identities)
         counts = population.survey_counts(identities)
         history = population.capture_history(identities)
         storage.write_parquet(identities, storage.join(cfg.out, "identities.parquet"))
@@ -213,7 +230,7 @@ def run(cfg: MatchConfig) -> dict:
         cfg.out,
         JOB,
         cfg.model_dump(),
-        [cfg.index] + ([cfg.query] if cfg.query else []),
+        [cfg.index] + ([cfg.query] if cfg.query else []) + ([cfg.reviews] if cfg.reviews else []),
         {"queries": n_q, "matches": n_matches, "new": summary["predicted_new"]},
         started,
         index_version=info.version,
@@ -223,6 +240,7 @@ def run(cfg: MatchConfig) -> dict:
         summary=summary,
         plan_key=key,
         decision_key=decision_key,
+        reviews=reviewed.lineage() if reviewed else None,
     )
     return summary
 

@@ -82,13 +82,15 @@ def known_photo(archive_uri: str, labelled: bool = True) -> tuple[str, str | Non
     raise AssertionError(f"{archive_uri}: no labelled image")
 
 
-def new_animal_photo(seed: int = 0, size: int = 160) -> bytes:
-    """A synthetic four-legged animal with a spotted magenta coat in a blue scene (JPEG bytes)."""
+def new_animal_photo(
+    seed: int = 0, size: int = 160, shot: int = 0, coat: tuple = (230, 40, 200), scene: tuple = (40, 60, 200)
+) -> bytes:
+    """A synthetic four-legged animal with a spotted magenta coat in a blue scene (JPEG bytes).
+    ``seed`` is the animal (its spots); ``shot`` another photo of it (other sensor noise)."""
     rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (size, size), (40, 60, 200))
+    img = Image.new("RGB", (size, size), scene)
     d = ImageDraw.Draw(img)
     s = size / 100
-    coat = (230, 40, 200)
     d.ellipse((20 * s, 35 * s, 75 * s, 65 * s), fill=coat)  # body
     d.ellipse((68 * s, 25 * s, 88 * s, 45 * s), fill=coat)  # head
     for x in (25, 35, 58, 68):  # legs
@@ -96,10 +98,64 @@ def new_animal_photo(seed: int = 0, size: int = 160) -> bytes:
     for _ in range(14):  # spots: this individual's pattern
         x, y = rng.uniform(24, 70) * s, rng.uniform(38, 60) * s
         d.ellipse((x, y, x + 5 * s, y + 5 * s), fill=(25, 20, 30))
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
+    noise = rng if shot == 0 else np.random.default_rng((seed, shot))
+    arr = np.asarray(img, dtype=np.float32) + noise.normal(0, 6, (size, size, 3))
     buf = io.BytesIO()
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=92)
     return buf.getvalue()
+
+
+def build_review(root: Path, served: dict[str, str]) -> dict[str, str]:
+    """A match output to review, like a new season's batch on top of the served archive.
+
+    The batch (survey 2023, unlabelled): two photos of one new animal and one of another (coat
+    colours no archive photo has, so even the untrained model calls them new; the two shots of
+    the first one group into one proposed individual), and an archive photo copied with a few
+    pixels changed (matched to its individual). Embedded with the served model, indexed with
+    the served embeddings, matched all-vs-all with the same camera and day excluded.
+    """
+    from cluster.runtime import shutdown
+    from jobs.embed import EmbedConfig
+    from jobs.embed import run as embed
+    from jobs.index import IndexConfig
+    from jobs.index import run as index
+    from jobs.ingest import IngestConfig
+    from jobs.ingest import run as ingest
+    from jobs.match import MatchConfig
+    from jobs.match import run as match
+
+    folder = root / "photos" / "unknown"
+    folder.mkdir(parents=True)
+    (folder / "stranger-a1.jpg").write_bytes(new_animal_photo(seed=21, shot=1))
+    (folder / "stranger-a2.jpg").write_bytes(new_animal_photo(seed=21, shot=2))
+    (folder / "stranger-b.jpg").write_bytes(
+        new_animal_photo(seed=22, coat=(40, 200, 60), scene=(230, 120, 20))
+    )
+    _, _, data = known_photo(served["archive"])
+    pixels = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    pixels[0, :4] ^= 1  # another file, (nearly) the same picture
+    Image.fromarray(pixels).save(folder / "resighting.png")
+    paths = {k: str(root / k) for k in ("batch", "batch_embeddings", "index", "matches")}
+    paths["model"] = served["model"]
+    try:
+        ingest(IngestConfig(src=str(root / "photos"), out=paths["batch"], survey="2023"))
+        embed(EmbedConfig(archive=paths["batch"], model=served["model"], out=paths["batch_embeddings"],
+                          num_cpus=2, threads=1))  # fmt: skip
+        index(IndexConfig(embeddings=[served["embeddings"], paths["batch_embeddings"]], out=paths["index"],
+                          num_cpus=2))  # fmt: skip
+        match(MatchConfig(index=paths["index"], out=paths["matches"], k=10, exclude_same_camera_day=True,
+                          num_cpus=2))  # fmt: skip
+    finally:
+        shutdown()
+    return paths
+
+
+@pytest.fixture(scope="session")
+def reviewed(served, tmp_path_factory) -> dict[str, str]:
+    """The review inputs (:func:`build_review`), built once per test session."""
+    if "review" not in _BUILT:
+        _BUILT["review"] = build_review(tmp_path_factory.mktemp("review"), served)
+    return _BUILT["review"]
 
 
 def png(w: int, h: int) -> bytes:

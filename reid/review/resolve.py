@@ -158,7 +158,7 @@ def resolve(reviews: pa.Table, id_format: str = ID_FORMAT) -> Resolution:
         first = min(answers, key=lambda r: (str(r["decided_at"]), r["review_id"]))
         label = {
             "individual_id": target(first), "decision": first["decision"], "review_id": first["review_id"],
-            "reviewer": ", ".join(sorted({r["reviewer"] or "" for r in answers}) - {""}) or None,
+            "reviewer": ", ".join(sorted({r["reviewer"] or "" for r in answers} - {""})) or None,
             "decided_at": first["decided_at"],
         }  # fmt: skip
         res.labels[q] = label

@@ -25,6 +25,7 @@ class ArchiveLookup:
         self.uris = uris
         self.files: list[str] = []
         self.where: dict[str, tuple[int, int, int]] = {}
+        self.source: dict[str, str] = {}  # image_id -> the photo's file name (its source's last part)
         for uri in uris:
             for f in archive.archive_files(uri):
                 fs, path = storage.resolve(f)
@@ -33,11 +34,18 @@ class ArchiveLookup:
                     archive.validate_projection(pf.schema_arrow, ["image", "bbox"], f)
                     fi = len(self.files)
                     self.files.append(f)
+                    cols = ["image_id"] + (["source"] if "source" in pf.schema_arrow.names else [])
                     for rg in range(pf.metadata.num_row_groups):
-                        ids = pf.read_row_group(rg, columns=["image_id"]).column("image_id").to_pylist()
-                        for row, image_id in enumerate(ids):
+                        t = pf.read_row_group(rg, columns=cols)
+                        ids = t.column("image_id").to_pylist()
+                        sources = t.column("source").to_pylist() if "source" in cols else [None] * len(ids)
+                        for row, (image_id, src) in enumerate(zip(ids, sources, strict=True)):
                             if wanted is None or image_id in wanted:
                                 self.where.setdefault(image_id, (fi, rg, row))
+                                if src:
+                                    self.source.setdefault(
+                                        image_id, src.replace("\\", "/").rsplit("/", 1)[-1]
+                                    )
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.where

@@ -73,6 +73,8 @@ class Matcher:
         self.archive = ArchiveLookup(uris, wanted=set(self.row_of))
         self.examples = self._pick_examples(cfg.examples, cfg.seed)
         self._lock = threading.Lock()
+        self._thumbs_lock = threading.Lock()
+        self._thumbs: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
 
     # -- queries
 
@@ -158,13 +160,24 @@ class Matcher:
         """The index's row for an archive photo (its own exclusions: self, same camera and day)."""
         return self.gallery.slice(self.row_of[image_id], 1)
 
-    def thumbnail(self, image_id: str) -> bytes:
-        """JPEG thumbnail of an archive photo; :class:`ReidError` naming it when it does not decode."""
+    def thumbnail(self, image_id: str, size: int | None = None) -> bytes:
+        """JPEG of an archive photo cropped to its bbox, at most ``size`` pixels a side (default the
+        thumbnail size), from a bounded cache; :class:`ReidError` naming it when it does not decode."""
+        size = size or self.cfg.thumb_size
+        with self._thumbs_lock:
+            data = self._thumbs.get((image_id, size))
+        if data is not None:
+            return data
         row = self.archive.get(image_id)
         try:
-            return thumbnail_jpeg(row["image"], row["bbox"], self.cfg.thumb_size, quality=85)
+            data = thumbnail_jpeg(row["image"], row["bbox"], size, quality=85)
         except ReidError as e:
             raise ReidError(f"{image_id}: {e}") from None
+        with self._thumbs_lock:
+            self._thumbs[(image_id, size)] = data
+            while len(self._thumbs) > 4096:
+                self._thumbs.popitem(last=False)
+        return data
 
     def _pick_examples(self, n: int, seed: int) -> list[dict]:
         """``n`` archive photos of distinct individuals that have other photos in the index."""
