@@ -311,3 +311,31 @@ def test_ingest_through_a_registered_pyarrow_scheme(tmp_path):
         storage.register_filesystem("zoo", None)
     with pytest.raises(ReidError, match="unsupported URI scheme 'zoo'"):
         storage.resolve("zoo://surveys/arch")
+
+
+def test_cli_format_options_and_export(tmp_path):
+    """The command line: MegaDetector options, a bad --format as one line, then `reid export`."""
+    import subprocess
+    import sys
+
+    def reid(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300
+        )
+
+    md = write_megadetector(tmp_path / "md")
+    arch = str(tmp_path / "arch")
+    r = reid(
+        "ingest", str(md), arch, "--min-confidence", "0.05", "--category", "animal", "--category", "person"
+    )
+    assert r.returncode == 0, r.stderr
+    assert archive.read_archive(arch).num_rows == 3 and archive.read_rejects(arch).num_rows == 3
+    r = reid("ingest", str(md), str(tmp_path / "b"), "--format", "yolo")
+    assert r.returncode == 2 and "unknown format 'yolo'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = reid("export", "--archive", arch, "--out", str(tmp_path / "res"), "--no-crops")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "res" / "sightings.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    r = reid("export", "--out", str(tmp_path / "res2"))
+    assert r.returncode == 2 and "give a match output" in r.stderr
