@@ -101,6 +101,7 @@ def _sync() -> None:
 # ------------------------------------------------------------------------------------ 1. train
 def step_train(s: dict, work: Path) -> dict:
     from jobs import synth, train
+    from reid.training import Session
 
     archive = str(work / "train_archive")
     synth.run(
@@ -132,7 +133,7 @@ def step_train(s: dict, work: Path) -> dict:
         None, out=str(work / "model_plain"), **common, workers=1, amp=bool(gpus),
         gpus_per_worker=1.0 if gpus else 0.0,
     )  # fmt: skip
-    session = train.Session(plain_cfg, device=device)
+    session = Session(plain_cfg, device=device)
     rates = []
     for epoch in range(1, plain_cfg.epochs + 1):
         _sync()
@@ -201,7 +202,9 @@ def _ceiling(model: torch.nn.Module, batch: int, px: int, device: torch.device, 
 
 def step_embed(s: dict, work: Path) -> dict:
     from jobs import embed
-    from reid.model import ModelSpec, create_model, load_package, save_package
+    from reid.model.network import create_model
+    from reid.model.package import load_package, save_package
+    from reid.model.spec import ModelSpec
     from reid.preprocess import decode_for_model
 
     archive, photos, bboxes = _photo_archive(work, s["embed_rows"], s["embed_photo"], s["embed_pool"])
