@@ -186,7 +186,8 @@ async function decide(answer) {
     const r = await post("/api/review", body);
     state.done.push({ review_id: r.stored.review_id, item_id: it.item_id });
     $("#new-name").value = "";
-    $("#status").textContent = `Saved: ${answer} (${it.item_id})`;
+    const minted = r.stored.minted ? ` → ${r.stored.minted}` : "";
+    $("#status").textContent = `Saved: ${answer}${minted} (${it.item_id}, by ${r.stored.reviewer || "anonymous"})`;
     $("#status").dataset.reviewId = r.stored.review_id;
     $("#status").dataset.count = state.done.length;
     await loadQueue();

@@ -5,9 +5,10 @@ score is to the threshold):
 
 ``conflict``      reviewers disagree about a photo (:mod:`reid.review.resolve`): settle it first
 ``new``           a proposed new individual (a group of unlabelled photos no known one matched)
-``disagreement``  a labelled photo the model puts with another individual (label error, or a merge)
 ``batch``         two unlabelled photos of this batch that match each other but got different identities
 ``uncertain``     an unlabelled photo matched to a known individual with a score between the bounds
+``disagreement``  a labelled photo the model puts with another individual (a label error, or a
+                  merge); last, since a label is usually right and "different" then changes nothing
 
 The bounds: ``low`` is the match's new-individual threshold (calibrated by ``reid index``);
 ``high`` is the lowest score above which the match's labelled photos are named right at least
@@ -30,7 +31,7 @@ from reid.review.resolve import Resolution
 
 __all__ = ["KINDS", "Queue", "load_queue", "score_bounds"]
 
-KINDS = ("conflict", "new", "disagreement", "batch", "uncertain")
+KINDS = ("conflict", "new", "batch", "uncertain", "disagreement")
 META = ("survey", "camera_id", "captured_at", "viewpoint", "individual_id")
 PROPOSAL = "new-"  # names of the model's proposed new individuals (reid.matching.group_new)
 

@@ -1,0 +1,184 @@
+"""How much an hour of review buys: wrong identities in the capture history before and after a
+reviewer works through the first N items of the review queue (N = 0, 10, 25, 50, 100).
+
+    python benchmarks/review_value.py [--work DIR] [--model MODEL] [--figure docs/images/review_value.png]
+
+On a synthetic survey (ground truth known; `reid synth`, most photos unlabelled) the real jobs run
+once: embed (an untrained resnet10t by default, as the tests use; ``--model`` for e.g. the demo's
+briefly trained one), index, all-vs-all match. The review queue of that match output
+(:mod:`reid.review.queue`, in its order) is then answered by a reviewer simulated from the truth:
+``same`` when the query shows the candidate, ``new`` (its true group members only) when it shows an
+animal no label names (the id minted the first time when it comes back), ``different``
+otherwise. For each N, `reid match --reviews` re-decides over the committed kNN and the capture
+history is scored against the truth:
+
+* wrong identities: capture-history rows that mix two animals, or repeat an animal another
+  (larger) row already stands for, over all rows;
+* wrong photos: photos whose row is not their animal's own.
+
+Ends with one JSON line of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cluster.runtime import connect, shutdown  # noqa: E402
+from jobs import embed, index, match, synth  # noqa: E402
+from reid import review, storage  # noqa: E402
+from reid.review.queue import PROPOSAL, load_queue  # noqa: E402
+from reid.review.resolve import resolve  # noqa: E402
+from reid.synthetic.truth import read_truth  # noqa: E402
+
+SURVEY = dict(individuals=40, years=3, images_per_individual=6, image_size=96, seed=7, unlabeled_fraction=0.6)
+STEPS = (0, 10, 25, 50, 100)
+ID_FORMAT = "REV-{year}-{n:04d}"
+
+
+def build(work: Path, model: str | None) -> dict[str, str]:
+    """synth -> (untrained model) -> embed -> index -> match, each skipped when committed."""
+    p = {k: str(work / k) for k in ("archive", "model", "embeddings", "index", "matches")}
+    if not (work / "archive" / "_manifest.json").exists():
+        synth.run(synth.SynthJobConfig(out=p["archive"], **SURVEY))
+    if model:
+        p["model"] = model
+    elif not (work / "model" / "model.json").exists():
+        import torch
+
+        from reid.model.network import create_model
+        from reid.model.package import save_package
+        from reid.model.spec import ModelSpec
+
+        torch.manual_seed(0)
+        spec = ModelSpec(backbone="resnet10t", embedding_dim=32, input_size=64)
+        save_package(create_model(spec, load_pretrained=False), spec, p["model"])
+    embed.run(
+        embed.EmbedConfig(archive=p["archive"], model=p["model"], out=p["embeddings"], num_cpus=2, threads=1)
+    )
+    index.run(index.IndexConfig(embeddings=[p["embeddings"]], out=p["index"], num_cpus=2))
+    match.run(match.MatchConfig(index=p["index"], out=p["matches"], k=10, num_cpus=2))
+    return p
+
+
+def score(matches: str, truth: dict[str, str]) -> dict:
+    """Wrong identities (mixed or repeated rows) and wrong photos of a match output's identities."""
+    rows = storage.read_parquet(storage.join(matches, "identities.parquet")).to_pylist()
+    members: dict[str, list[str]] = collections.defaultdict(list)
+    for r in rows:
+        if r["identity"] is not None and r["survey"] is not None:
+            members[r["identity"]].append(truth[r["image_id"]])
+    majority = {ident: collections.Counter(t).most_common(1)[0] for ident, t in members.items()}
+    owner: dict[str, str] = {}  # animal -> the row that stands for it (its largest)
+    for ident, (animal, _) in sorted(majority.items(), key=lambda kv: (-kv[1][1], kv[0])):
+        owner.setdefault(animal, ident)
+    wrong_rows = sum(n < len(members[i]) or owner[a] != i for i, (a, n) in majority.items())
+    right_photos = sum(majority[i][1] for i in members if owner[majority[i][0]] == i)
+    photos = sum(len(t) for t in members.values())
+    confirmed = sum(r["basis"] == "confirmed" for r in rows)
+    return {
+        "rows": len(members), "animals": len(set(truth[r["image_id"]] for r in rows)),
+        "wrong_identities": round(wrong_rows / max(1, len(members)), 4),
+        "wrong_photos": round(1 - right_photos / max(1, photos), 4), "confirmed_photos": confirmed,
+    }  # fmt: skip
+
+
+def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: str) -> collections.Counter:
+    """Answer the queue's first ``n`` items as a reviewer who knows the truth would."""
+    minted: dict[str, str] = {}  # animal -> the id its first "new" decision minted
+    answers: collections.Counter[str] = collections.Counter()
+    for it in queue.items[:n]:
+        q, ind, img = it["query"], it["candidate_individual"], it["candidate_image"]
+        animal = truth[q]
+        base = dict(query_image_id=q, candidate_image_id=img, score=it["score"], reviewer="simulated",
+                    item_id=it["item_id"], name_new=False)  # fmt: skip
+        known = ind if ind and not ind.startswith(PROPOSAL) else None
+        if known and known == animal:
+            answer = "same"
+            review.record(folder, "same", None, individual_id=known, **base)
+        elif animal not in labelled:
+            answer = "new"  # an animal no label names: its photos in view, under one name
+            group = [m for m in [*it["members"], img] if m and m != q and truth.get(m) == animal]
+            rec = review.record(folder, "new", None, individual_id=minted.get(animal), members=group,
+                                year=queue.year(q), **base)  # fmt: skip
+            if animal not in minted:  # the id it got, typed again when the animal comes back
+                log = review.read_reviews("", folder=review.reviews_uri(folder))
+                minted[animal] = resolve(log, ID_FORMAT).minted[rec["review_id"]]
+        else:
+            answer = "different"
+            review.record(folder, "different", None, individual_id=known, **base)
+        answers[answer] += 1
+    return answers
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/reid-review-value"))
+    ap.add_argument("--model", help="a model package (default: an untrained resnet10t)")
+    ap.add_argument("--figure", type=Path, help="write the figure (PNG) here")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    a.work.mkdir(parents=True, exist_ok=True)
+    connect(None, num_cpus=2)
+    try:
+        p = build(a.work, a.model)
+        truth_t = read_truth(p["archive"])
+        truth = dict(zip(truth_t["image_id"].to_pylist(), truth_t["individual_id"].to_pylist(), strict=True))
+        labelled = {t for t, lab in zip(truth.values(), truth_t["labeled"].to_pylist(), strict=True) if lab}
+        queue = load_queue(p["matches"])
+        results = []
+        for n in STEPS:
+            out, folder = str(a.work / f"matches-{n}"), str(a.work / f"reviews-{n}")
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(p["matches"], out)
+            answers = simulate(queue, n, truth, labelled, folder)
+            if n:
+                match.run(match.MatchConfig(index=p["index"], out=out, k=10, num_cpus=2, reviews=folder,
+                                            id_format=ID_FORMAT))  # fmt: skip
+            results.append({"reviewed": n, **score(out, truth), "answers": dict(answers)})
+            print(json.dumps(results[-1]), file=sys.stderr)
+    finally:
+        shutdown()
+    if a.figure:
+        a.figure.parent.mkdir(parents=True, exist_ok=True)
+        a.figure.write_bytes(figure(results, len(queue.items)))
+    print(json.dumps({"survey": SURVEY, "queue_items": len(queue.items), "results": results,
+                      "wall_s": round(time.perf_counter() - t0, 1)}))  # fmt: skip
+
+
+def figure(results: list[dict], queue_items: int) -> bytes:
+    """Wrong identities and wrong photos against the number of items reviewed (PNG bytes)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    n = [r["reviewed"] for r in results]
+    ax.plot(n, [100 * r["wrong_identities"] for r in results], "o-", label="wrong identities (rows)")
+    ax.plot(n, [100 * r["wrong_photos"] for r in results], "s--", label="wrong photos")
+    ax.set_xlabel(f"queue items reviewed (of {queue_items})")
+    ax.set_ylabel("% of the capture history")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("How much review buys (synthetic survey, untrained model)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main()
