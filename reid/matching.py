@@ -21,6 +21,7 @@ from reid.schema import MATCHES_SCHEMA
 from reid.search import faiss_index
 
 GPU_MAX_K = 2048
+LOCAL_SCORE_COLUMNS = ("global_score", "inliers")  # of re-ranked matches (reid.local.rerank.fuse_part)
 MATCH_COLUMNS = MATCHES_SCHEMA.names + ["query_survey", "neighbor_survey", "neighbor_individual_id"]
 MATCHES_OUT_SCHEMA = pa.schema(
     list(MATCHES_SCHEMA)
@@ -213,13 +214,15 @@ def best_labelled(matches: pa.Table) -> pa.Table:
     codes = np.asarray(pc.dictionary_encode(q).indices)
     first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     take = pa.array(first)
-    return pa.table(
-        {
-            "query_id": q.take(take),
-            "predicted_individual": m.column("neighbor_individual_id").take(take),
-            "score": m.column("score").take(take).cast(pa.float32()),
-        }
-    )
+    out = {
+        "query_id": q.take(take),
+        "predicted_individual": m.column("neighbor_individual_id").take(take),
+        "score": m.column("score").take(take).cast(pa.float32()),
+    }
+    for name in LOCAL_SCORE_COLUMNS:  # re-ranked matches: the global and local scores behind it
+        if name in m.column_names:
+            out[name] = m.column(name).take(take)
+    return pa.table(out)
 
 
 def decide(queries: pa.Table, matches: pa.Table, threshold: float | None) -> pa.Table:
@@ -241,7 +244,7 @@ def decide(queries: pa.Table, matches: pa.Table, threshold: float | None) -> pa.
     is_new = ~np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
     if threshold is not None:
         is_new |= s < np.float32(threshold)
-    return pa.table(
+    table = pa.table(
         {
             "query_id": qids,
             "predicted_individual": predicted,
@@ -252,6 +255,12 @@ def decide(queries: pa.Table, matches: pa.Table, threshold: float | None) -> pa.
         },
         schema=DECISIONS_SCHEMA,
     )
+    for name in LOCAL_SCORE_COLUMNS:  # fused decisions carry all three scores (score = fused)
+        if name in best.column_names:
+            col = best.column(name).combine_chunks()
+            col = col.take(take) if take is not None else pa.nulls(len(qids), col.type)
+            table = table.append_column(name, pc.if_else(found, col, pa.scalar(None, col.type)))
+    return table
 
 
 def calibrate(queries: pa.Table, matches: pa.Table, target_false_new: float) -> dict:

@@ -84,15 +84,24 @@ def shortlist_inliers(
 
 
 def rerank_part(
-    matches_uri: str, features_uri: str, settings: MatcherSettings, out_uri: str, shortlist: int
+    matches_uri: str,
+    features_uri: str,
+    settings: MatcherSettings,
+    out_uri: str,
+    shortlist: int,
+    queries: tuple[int, int] | None = None,
 ) -> dict:
-    """Local scores of one committed matches part (its pairs of rank <= ``shortlist``), written
-    to ``out_uri`` (the block's commit). Returns counts and timings."""
+    """Local scores of one committed matches part (its pairs of rank <= ``shortlist``; with
+    ``queries`` = (start, stop), only those of its queries in that range, in order of first
+    appearance), written to ``out_uri`` (the sub-block's commit). Returns counts and timings."""
     from reid.local.store import FeatureStore
 
     t0 = time.perf_counter()
     m = storage.read_parquet(matches_uri, columns=["query_id", "neighbor_id", "rank"])
     m = m.filter(pc.less_equal(m.column("rank"), shortlist))
+    if queries is not None:
+        order = pc.unique(m.column("query_id"))[queries[0] : queries[1]]
+        m = m.filter(pc.is_in(m.column("query_id"), value_set=order))
     qids, nids = m.column("query_id").to_pylist(), m.column("neighbor_id").to_pylist()
     groups: dict[str, list[int]] = {}
     for i, q in enumerate(qids):
