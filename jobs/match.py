@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +70,14 @@ class MatchConfig(JobConfig):
     id_format: str = Field(
         ID_FORMAT, description="new individual ids minted from reviews, e.g. NYL-{year}-{n:04d}"
     )
+    keypoints: Input | None = Field(
+        None, description="local features (`reid keypoints`): re-rank each shortlist by verified matches"
+    )
+    rerank: int = Field(50, ge=1, le=1000, description="with --keypoints: candidates per query re-ranked")
+    rerank_block: int = Field(256, ge=1, description="with --keypoints: queries per re-rank task")
+    calibration: Literal["isotonic", "logistic"] = Field(
+        "isotonic", description="with --keypoints: how scores become probabilities"
+    )
     query_block: int = Field(8192, ge=1, description="queries per task")
     workers: int | None = Field(
         None, ge=1, description="search tasks in flight, x2 (default: one per CPU or GPU)"
@@ -91,6 +100,7 @@ def _plan_key(cfg: MatchConfig, info: IndexInfo, blocks: list[Block], nprobe: in
         "index": info.uri,
         "version": info.version,
         "k": cfg.k,
+        "local": [cfg.keypoints, cfg.rerank, cfg.calibration] if cfg.keypoints else None,
         "exclude": [cfg.exclude_self, cfg.exclude_same_camera_day, cfg.across_surveys],
         "nprobe": nprobe,
         "blocks": [[[r.uri, r.start, r.stop] for r in b.ranges] for b in blocks],
@@ -112,14 +122,14 @@ def _prepare_output(cfg: MatchConfig, plan_key: str, decision_key: str) -> dict 
         return m
     if old != plan_key or cfg.force:
         storage.delete(storage.join(cfg.out, manifest.MANIFEST))
-        for kind in ("matches", "queries"):
+        for kind in ("matches", "queries", "local", "reranked"):
             storage.delete(storage.join(cfg.out, kind))
         storage.write_text(plan_uri, json.dumps({"key": plan_key}))
     return None
 
 
 def decide_blocks(
-    out: str, n_blocks: int, threshold: float | None, reviewed: Reviewed | None = None
+    out: str, n_blocks: int, threshold: float | None, reviewed: Reviewed | None = None, kind: str = "matches"
 ) -> tuple[pa.Table, pa.Table, int]:
     """Decisions block by block, then the new-individual groups from the few edges they need.
     ``reviewed``: confirmed photos are labelled, merged individuals renamed, rejected pairs dropped.
@@ -129,9 +139,11 @@ def decide_blocks(
     """
     decisions, edges, n_matches = [], [], 0
     cols = ["query_id", "neighbor_id", "rank", "score", "neighbor_individual_id"]
+    if kind == "reranked":  # decisions carry all three scores
+        cols += ["global_score", "inliers"]
     for b in range(n_blocks):
         queries = storage.read_parquet(_part(out, "queries", b))
-        matches = storage.read_parquet(_part(out, "matches", b), columns=cols)
+        matches = storage.read_parquet(_part(out, kind, b), columns=cols)
         n_matches += len(matches)
         if reviewed is not None:
             queries, matches = reviewed.relabel(queries), reviewed.filter_matches(matches)
@@ -178,14 +190,25 @@ def run(cfg: MatchConfig) -> dict:
     gallery = gallery_table(info)
     stats: dict = {}
     t_knn = time.perf_counter()
-    for block, meta, d, g in knn(info, todo, cfg.k, cfg.exclusions(), nprobe, cfg.workers, cfg.gpu, stats):
+    k_search = max(cfg.k, cfg.rerank) if cfg.keypoints else cfg.k
+    for block, meta, d, g in knn(info, todo, k_search, cfg.exclusions(), nprobe, cfg.workers, cfg.gpu, stats):
         storage.write_parquet(meta, _part(cfg.out, "queries", block.id))
         storage.write_parquet(
             matching.matches_table(meta, d, g, gallery), _part(cfg.out, "matches", block.id)
         )
     knn_s = time.perf_counter() - t_knn
+    local: dict = {}
+    if cfg.keypoints:  # jobs/rerank.py: scores, calibration.json, reranked/ (fused), fused threshold
+        from jobs.rerank import run_rerank
+        from reid.local.match import MatcherSettings
 
-    decisions, proposed, n_matches = decide_blocks(cfg.out, len(blocks), threshold, reviewed)
+        local, threshold = run_rerank(
+            cfg.out, blocks, info, cfg.keypoints, MatcherSettings(), cfg.rerank, cfg.k, cfg.calibration,
+            cfg.rerank_block, cfg.workers, cfg.threshold,
+        )  # fmt: skip
+
+    kind = "reranked" if cfg.keypoints else "matches"
+    decisions, proposed, n_matches = decide_blocks(cfg.out, len(blocks), threshold, reviewed, kind)
     storage.write_parquet(decisions, storage.join(cfg.out, "decisions.parquet"))
     storage.write_parquet(proposed, storage.join(cfg.out, "new_individuals.parquet"))
     n_q = len(decisions)
@@ -204,6 +227,7 @@ def run(cfg: MatchConfig) -> dict:
         "blocks_skipped": len(blocks) - len(todo),
         "knn_s": round(knn_s, 3),
         **stats,
+        **local,
     }
     done = sum(b.n for b in todo)
     if todo and info.factory == "Flat":
@@ -240,6 +264,7 @@ def run(cfg: MatchConfig) -> dict:
         summary=summary,
         plan_key=key,
         decision_key=decision_key,
+        matches_table=kind,
         reviews=reviewed.lineage() if reviewed else None,
     )
     return summary
@@ -247,8 +272,8 @@ def run(cfg: MatchConfig) -> dict:
 
 def read_matches(uri: str, columns: list[str] | None = None) -> pa.Table:
     """A committed matches output's matches table (refuses an uncommitted one)."""
-    manifest.require_manifest(uri, job=JOB)
-    files = storage.list_files(storage.join(uri, "matches"), suffix=".parquet")
+    m = manifest.require_manifest(uri, job=JOB)
+    files = storage.list_files(storage.join(uri, m.get("matches_table", "matches")), suffix=".parquet")
     return pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
 
 
@@ -265,7 +290,7 @@ add_job(
         run=run,
         help="k-NN of every image (or of --query photos) in the index: matches, decisions, populations.",
         args=("index",),
-        runtime=frozenset({"query_block", "workers", "gpu", "force", *RAY}),
+        runtime=frozenset({"query_block", "rerank_block", "workers", "gpu", "force", *RAY}),
         aliases=(Alias("include_self", "exclude_self", cli_type=bool, value=lambda v: not v),),
         show=_show,
     )
