@@ -95,7 +95,7 @@ def read_text(src: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ReidError(
-            f"{src}: not UTF-8 text (byte {e.start}); save the file as UTF-8 (Excel: CSV UTF-8)"
+            f"{src}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8 (Excel: CSV UTF-8)"
         ) from e
 
 
