@@ -25,7 +25,8 @@ _CHILD = r"""
 import json, resource, sys, threading, time
 sys.path.insert(0, {repo!r})
 import torch
-from reid.model import ModelSpec, create_model
+from reid.model.spec import ModelSpec
+from reid.model.network import create_model
 torch.set_num_threads({threads})
 model = create_model(ModelSpec(backbone="resnet18", embedding_dim=512, input_size=224), load_pretrained=False).eval()
 x = torch.randn(32, 3, 224, 224)

@@ -34,7 +34,9 @@ from PIL import Image  # noqa: E402
 from reid import imageio, jpegroi, manifest  # noqa: E402
 from reid.allocator import keep_freed_memory  # noqa: E402
 from reid.archive import ArchiveWriter, iter_rows  # noqa: E402
-from reid.model import ModelSpec, create_model, load_package, save_package  # noqa: E402
+from reid.model.network import create_model  # noqa: E402
+from reid.model.package import load_package, save_package  # noqa: E402
+from reid.model.spec import ModelSpec  # noqa: E402
 from reid.preprocess import decode_for_model, resize_square  # noqa: E402
 from reid.transforms import eval_transform  # noqa: E402
 

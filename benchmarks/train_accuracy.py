@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from cluster.runtime import connect  # noqa: E402
 from jobs import embed, evaluate, ingest, synth, train  # noqa: E402
-from reid.model import create_model, save_package  # noqa: E402
+from reid.model.network import create_model  # noqa: E402
+from reid.model.package import save_package  # noqa: E402
 
 SYNTH_TRAIN = dict(individuals=200, years=2, images_per_individual=80, image_size=96, seed=11)
 SYNTH_TEST = dict(individuals=40, years=3, images_per_individual=10, image_size=96, seed=21)

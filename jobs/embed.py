@@ -143,7 +143,7 @@ def _resources(cfg: EmbedConfig) -> dict:
 
 def run(cfg: EmbedConfig) -> dict:
     """Embed every valid archive row exactly once; returns the summary."""
-    from reid.model import load_package
+    from reid.model.package import load_package
 
     check_locations(cfg)  # a bad --out or an unreachable bucket: one line, before any work
     started, t0 = manifest.now(), time.perf_counter()

@@ -30,19 +30,9 @@ from reid import archive, manifest, storage
 from reid.allocator import process_env
 from reid.data.cache import ensure_cache
 from reid.errors import ConfigError
-from reid.training import (
-    HISTORY,
-    RESUMABLE,
-    STATE,
-    DataPlan,
-    Session,
-    TrainConfig,
-    fit,
-    load_config_file,
-    normal_priority,
-    plan_data,
-    summarize,
-)
+from reid.training.config import RESUMABLE, TrainConfig, load_config_file
+from reid.training.history import HISTORY, summarize
+from reid.training.plan import DataPlan, plan_data
 
 JOB = "train"
 RUN_NAME = "train"
@@ -62,8 +52,8 @@ def make_config(file: str | None = None, **overrides: Any) -> TrainConfig:
 
 def check(cfg: TrainConfig) -> DataPlan:
     """Every check that can fail on the user's input, before Ray or any worker starts."""
-    from reid import losses
-    from reid.model import validate_spec
+    from reid.model import losses
+    from reid.model.spec import validate_spec
 
     validate_spec(cfg.model_spec())
     losses.validate(cfg.loss, cfg.miner, cfg.distance, cfg.loss_params, cfg.miner_params)
@@ -109,6 +99,9 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+
+    from reid.training.loop import STATE, fit
+    from reid.training.session import Session, normal_priority
 
     cfg = TrainConfig(**config["cfg"])
     normal_priority()
@@ -242,7 +235,7 @@ def run(cfg: TrainConfig) -> dict:
     history = json.loads(storage.read_text(storage.join(cfg.out, HISTORY)))
     summary = summarize(cfg, plan, history, caches)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    from reid.model import read_spec
+    from reid.model.package import read_spec
 
     model_id = read_spec(cfg.out).model_id
     manifest.write_manifest(

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from reid.model import ModelSpec, ReidModel
+    from reid.model.network import ReidModel
+    from reid.model.spec import ModelSpec
 
 __all__ = ["embed_archive", "embed_frame", "load_model", "read_frame"]
 
@@ -36,7 +37,7 @@ def load_model(model: str, device: str | None = None) -> tuple[ReidModel, ModelS
     """A model package (folder or URI) or a zero-shot name (``timm:...``), ready for inference."""
     import torch
 
-    from reid.model import load_package
+    from reid.model.package import load_package
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, spec = load_package(model, map_location=device)

@@ -23,7 +23,7 @@ from reid.schema import (
 )
 
 if TYPE_CHECKING:
-    from reid.model import ModelSpec
+    from reid.model.spec import ModelSpec
 
 __all__ = [
     "REJECTS_DIR",
@@ -137,7 +137,7 @@ class Embedder:
         import torch
 
         from reid.allocator import keep_freed_memory
-        from reid.model import load_package
+        from reid.model.package import load_package
 
         if threads:
             torch.set_num_threads(threads)

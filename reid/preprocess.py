@@ -37,7 +37,7 @@ def normalize(
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] on ``device``, (x/255 - mean) / std."""
     t = torch.as_tensor(batch)
     t = t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    from reid.model import IMAGENET_MEAN, IMAGENET_STD
+    from reid.model.spec import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     m = torch.tensor(mean, dtype=torch.float32, device=t.device).view(1, 3, 1, 1)

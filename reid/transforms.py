@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from reid.imageio import decode
-from reid.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from reid.model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
 def _normalize(spec: ModelSpec) -> T.Normalize:

@@ -33,7 +33,9 @@ def build(root: Path) -> dict[str, str]:
     from jobs.index import run as index
     from jobs.synth import SynthJobConfig
     from jobs.synth import run as synth
-    from reid.model import ModelSpec, create_model, save_package
+    from reid.model.network import create_model
+    from reid.model.package import save_package
+    from reid.model.spec import ModelSpec
 
     paths = {k: str(root / k) for k in ("archive", "model", "embeddings", "index")}
     synth(SynthJobConfig(out=paths["archive"], individuals=8, years=2, images_per_individual=3,

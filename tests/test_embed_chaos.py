@@ -14,7 +14,9 @@ import torch
 from jobs.embed import EmbedConfig, read_embeddings, run
 from reid import manifest, storage
 from reid.archive import ArchiveWriter
-from reid.model import ModelSpec, create_model, save_package
+from reid.model.network import create_model
+from reid.model.package import save_package
+from reid.model.spec import ModelSpec
 from tests.images import jpeg_bytes, photo
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos, pytest.mark.slow]

@@ -68,7 +68,9 @@ def _strict(text: str):
 
 
 def _tiny_model(out: str) -> str:
-    from reid.model import ModelSpec, create_model, save_package
+    from reid.model.network import create_model
+    from reid.model.package import save_package
+    from reid.model.spec import ModelSpec
 
     spec = ModelSpec(backbone="resnet10t", embedding_dim=16, input_size=32)
     save_package(create_model(spec), spec, out)

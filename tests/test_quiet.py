@@ -127,7 +127,9 @@ def test_train_log_has_epoch_lines_and_no_ray_noise(archive):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_embed_log_has_a_line_per_unit(archive):
-    from reid.model import ModelSpec, create_model, save_package
+    from reid.model.network import create_model
+    from reid.model.package import save_package
+    from reid.model.spec import ModelSpec
 
     spec = ModelSpec(backbone="resnet10t", embedding_dim=16, input_size=32)
     save_package(create_model(spec, load_pretrained=False), spec, str(archive / "pkg"))

@@ -214,7 +214,9 @@ def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, serv
 @pytest.mark.ray
 def test_a_model_the_index_was_not_built_with_is_refused(served, tmp_path):  # noqa: F811
     from jobs.serve import create_app
-    from reid.model import ModelSpec, create_model, save_package
+    from reid.model.network import create_model
+    from reid.model.package import save_package
+    from reid.model.spec import ModelSpec
 
     spec = ModelSpec(backbone="resnet10t", embedding_dim=16, input_size=64)
     save_package(create_model(spec, load_pretrained=False), spec, str(tmp_path / "other"))

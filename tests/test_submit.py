@@ -290,7 +290,9 @@ def _make_archive_and_model(root: str, n: int, backbone: str = "resnet10t", size
     import torch
 
     from reid.archive import ArchiveWriter
-    from reid.model import ModelSpec, create_model, save_package
+    from reid.model.network import create_model
+    from reid.model.package import save_package
+    from reid.model.spec import ModelSpec
     from tests.images import jpeg_bytes, photo
 
     torch.manual_seed(0)

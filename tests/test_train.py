@@ -125,7 +125,7 @@ def test_two_workers_train_in_sync(tmp_path, small_archive, ray_local):
     """ArcFace on 2 workers: the loss falls and both replicas (backbone, head and the ArcFace
     weight matrix) hold identical weights after every epoch."""
     from jobs.train import make_config, run
-    from reid.model import load_package
+    from reid.model.package import load_package
 
     out = str(tmp_path / "model")
     cfg = make_config(archive=small_archive, out=out, epochs=3, steps_per_epoch=5,
@@ -208,7 +208,7 @@ def test_train_to_s3(s3_bucket, small_archive, ray_local):
     """Model package, history, manifest and Ray checkpoints all land under an s3:// --out."""
     from jobs.train import make_config, run
     from reid import storage
-    from reid.model import load_package
+    from reid.model.package import load_package
 
     out = f"{s3_bucket}/models/m1"
     summary = run(make_config(archive=small_archive, out=out, epochs=1, steps_per_epoch=3,

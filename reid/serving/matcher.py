@@ -44,7 +44,7 @@ class Matcher:
     def __init__(self, cfg: MatcherSettings):
         import torch
 
-        from reid.model import load_package
+        from reid.model.package import load_package
 
         self.cfg = cfg
         self.info = index_store.open_index(cfg.index)

@@ -14,7 +14,7 @@ from reid.errors import ConfigError
 from reid.settings import Input, InputOrName, LocalPath, Output, Settings
 
 if TYPE_CHECKING:
-    from reid.model import ModelSpec
+    from reid.model.spec import ModelSpec
 
 __all__ = ["RESUMABLE", "TrainConfig", "load_config_file"]
 
@@ -118,7 +118,7 @@ class TrainConfig(Settings):
 
     def model_spec(self) -> ModelSpec:
         """The model this run trains."""
-        from reid.model import ModelSpec
+        from reid.model.spec import ModelSpec
 
         return ModelSpec(
             backbone=self.backbone,

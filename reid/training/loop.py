@@ -27,7 +27,7 @@ def fit(session: Session, state: dict | None = None, report: Report | None = Non
     """
     import torch
 
-    from reid.model import save_package
+    from reid.model.package import save_package
 
     cfg, rank = session.cfg, session.rank
     restored = 0

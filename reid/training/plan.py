@@ -26,7 +26,7 @@ class DataPlan:
 
 def plan_data(cfg: TrainConfig) -> DataPlan:
     """Labels, split and the checks a loss needs, from the archive's metadata only (no images)."""
-    from reid import losses
+    from reid.model import losses
 
     labels = read_labels(cfg.archive)
     pair = losses.is_pair_loss(cfg.loss)

@@ -51,9 +51,10 @@ class Session:
         import torch
         from torch.utils.data import DataLoader
 
-        from reid import losses, transforms
+        from reid import transforms
         from reid.data import sampler
-        from reid.model import create_model
+        from reid.model import losses
+        from reid.model.network import create_model
 
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = device or torch.device("cpu")
@@ -318,7 +319,7 @@ class Session:
 
 
 def _classification() -> tuple[str, ...]:
-    from reid.losses import CLASSIFICATION_LOSSES
+    from reid.model.losses import CLASSIFICATION_LOSSES
 
     return CLASSIFICATION_LOSSES
 
