@@ -117,6 +117,7 @@ class Matcher:
         s, cv2 = self.settings, self._cv2
         if s.geometry == "none":
             return len(xa), np.ones(len(xa), bool)
+        cv2.setRNGSeed(len(xa))  # the same pair, the same inliers, whatever was matched before
         try:
             if s.geometry == "fundamental":
                 _, mask = cv2.findFundamentalMat(

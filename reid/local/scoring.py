@@ -37,7 +37,7 @@ from reid.local.extract import Features
 from reid.local.match import Matcher, MatcherSettings
 from reid.local.rerank import burst_pairs, shortlist_inliers
 
-__all__ = ["RANKINGS", "compare"]
+__all__ = ["RANKINGS", "compare", "evaluate_features", "side_by_side"]
 
 RANKINGS = ("global", "local", "fused")
 
@@ -160,4 +160,46 @@ def _orders(cos: np.ndarray, inliers: np.ndarray, cal) -> dict[str, tuple[np.nda
     out["local"] = (o, float(loc[o[0]]) if len(o) else -np.inf)
     o = np.lexsort((pos, -fused))
     out["fused"] = (o, float(fused[o[0]]) if len(o) else -np.inf)
+    return out
+
+
+def evaluate_features(
+    data: EvalData,
+    protocol: Protocol,
+    features_uri: str,
+    shortlists: tuple[int, ...],
+    exclude=None,
+    burst_seconds: float = 60.0,
+    method: str = "isotonic",
+) -> dict:
+    """:func:`compare` with the features of a committed ``reid keypoints`` output (only the
+    protocol's images are read); JSON-ready (shortlist sizes as strings, NaN as None)."""
+    from reid.local.store import FeatureStore
+
+    rows = np.unique(np.r_[protocol.query, protocol.gallery_rows])
+    store = FeatureStore(features_uri)
+    feats = store.get(list(data.ids[rows]))
+    result = compare(data, protocol, feats, shortlists, exclude, burst_seconds=burst_seconds, method=method)
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    doc = clean(result)
+    doc.update(
+        features=features_uri, features_id=store.features_id, images_without_features=len(rows) - len(feats)
+    )
+    return doc
+
+
+def side_by_side(doc: dict) -> list[list[str]]:
+    """Rows ``[metric, B, global, local, fused]`` of an :func:`evaluate_features` result."""
+    out = []
+    for b in sorted((k for k in doc if k.isdigit()), key=int):
+        for metric in doc[b]["global"]:
+            vals = [doc[b][r].get(metric) for r in RANKINGS]
+            out.append([metric, b] + ["n/a" if v is None else f"{v:.4f}" for v in vals])
     return out
