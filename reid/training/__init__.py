@@ -1,27 +1,36 @@
 """Training an embedding model, without Ray: the config, the data plan, the LR schedule, one
 worker's :class:`Session`, the epoch loop and the history it writes. ``jobs/train.py`` runs
-:func:`fit` inside Ray Train workers; a notebook or a benchmark can run it in a plain loop."""
+:func:`fit` inside Ray Train workers; a notebook or a benchmark can run it in a plain loop.
 
-from reid.training.config import RESUMABLE, TrainConfig, load_config_file
-from reid.training.history import HISTORY, metric_key, summarize, write_history
-from reid.training.loop import STATE, fit
-from reid.training.plan import DataPlan, plan_data
-from reid.training.schedule import lr_lambda
-from reid.training.session import Session, normal_priority
+Names load on first use: the config and the plan are read by every ``reid`` command, torch only
+by the ones that train."""
 
-__all__ = [
-    "HISTORY",
-    "RESUMABLE",
-    "STATE",
-    "DataPlan",
-    "Session",
-    "TrainConfig",
-    "fit",
-    "load_config_file",
-    "lr_lambda",
-    "metric_key",
-    "normal_priority",
-    "plan_data",
-    "summarize",
-    "write_history",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "RESUMABLE": "config",
+    "TrainConfig": "config",
+    "load_config_file": "config",
+    "HISTORY": "history",
+    "metric_key": "history",
+    "summarize": "history",
+    "write_history": "history",
+    "STATE": "loop",
+    "fit": "loop",
+    "DataPlan": "plan",
+    "plan_data": "plan",
+    "lr_lambda": "schedule",
+    "Session": "session",
+    "normal_priority": "session",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'reid.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"reid.training.{_WHERE[name]}"), name)
