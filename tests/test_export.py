@@ -152,6 +152,13 @@ def test_camtrapdp_export_reads_back(tmp_path):
             assert after[key][col] == before[key][col], (key, col)
         if before[key]["bbox"] is not None:
             assert after[key]["bbox"] == pytest.approx(before[key]["bbox"], abs=1e-3)
+    # the same archive through COCO: a whole photo (o3 has no box) stays a whole photo
+    ingest_run(IngestConfig(src=str(tmp_path / "out" / "coco.json"), out=str(tmp_path / "coco")))
+    coco = _by_annotation(str(tmp_path / "coco"))
+    assert set(coco) == {"o1", "o2", "o3"} and coco["o3"]["bbox"] is None
+    for key in before:
+        for col in (*COMPARED, "individual_id", "source", "bbox"):
+            assert coco[key][col] == before[key][col], (key, col)
 
 
 def test_reviews_overrule_the_matcher(exported, tmp_path):

@@ -3,7 +3,9 @@
 The individual's name comes from the annotation attribute WBIA/Wildbook exports use (``name``),
 or ``individual_id`` / ``individual`` / ``identity`` / ``individual_ids[0]`` (also inside an
 ``attributes`` dict, as CVAT writes); ``bbox`` is ``[x, y, w, h]`` in pixels; ``viewpoint`` is
-read when present. The annotation's ``id`` is kept as ``annotation_id``. Images are found by
+read when present (a box covering the whole image, as COCO's ``width``/``height`` give it, is
+the whole photo). The annotation's ``id`` is kept as ``annotation_id`` (or its ``annotation_id``
+attribute, where `reid export` keeps an id that is not a number). Images are found by
 ``file_name`` relative to the JSON's folder (or ``--image-root``); ``date_captured``,
 ``camera_id`` and ``survey`` on an image are read too (``reid export`` writes them).
 
@@ -53,6 +55,15 @@ def individual_name(ann: dict) -> str | None:
     return None
 
 
+def _whole(box: dict, img: dict) -> bool:
+    """A box covering exactly the image COCO says it is: the whole photo."""
+    try:
+        size = (float(img["width"]), float(img["height"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (box["x"], box["y"], box["w"], box["h"]) == (0.0, 0.0, *size)
+
+
 def _load(src: str) -> dict:
     try:
         data = json.loads(read_text(src))
@@ -81,7 +92,7 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
     used: set[object] = set()
     for j, ann in enumerate(data.get("annotations") or [], start=1):
         ann = ann if isinstance(ann, dict) else {}
-        ann_id = none(ann.get("id"))
+        ann_id = none(ann.get("annotation_id")) or none(ann.get("id"))  # reid export keeps text ids there
         img = images.get(ann.get("image_id"))
         if img is None:
             ref = f"{src}#annotations[{j}]"
@@ -113,6 +124,8 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
                 c.problem = c.problem or problem
             except ValueError as e:
                 c.problem = c.problem or f"bad bbox: {e}"
+            if c.bbox is not None and _whole(c.bbox, img):
+                c.bbox = None  # the whole photo (as `reid export` writes an annotation without a box)
         out.append(c)
     for key, img in images.items():
         if key not in used:
