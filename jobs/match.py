@@ -38,12 +38,12 @@ from jobs.common import (
     print_summary,
 )
 from jobs.registry import RAY, Alias, Job, add_job
-from reid import manifest, matching, population, storage
+from reid import manifest, matching, storage
 from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
 from reid.review import apply as review_apply
 from reid.review.apply import Reviewed
 from reid.review.resolve import ID_FORMAT, check_id_format
-from reid.search import index_store
+from reid.search import index_store, population
 from reid.search.allvsall import gallery_table
 from reid.search.index_store import IndexInfo
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.evaluate import EvaluateConfig, run
-from reid import manifest, plots, report
+from reid import manifest
 from reid.embeddings import read_embeddings
 from reid.errors import ReidError
-from reid.evaluation import metrics
+from reid.evaluation import metrics, plots, report
 from reid.evaluation.data import eval_data
 from reid.evaluation.exclusions import exclusion_mask
 from reid.evaluation.protocols import leave_one_out

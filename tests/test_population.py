@@ -1,11 +1,11 @@
-"""reid.population: identities, per-survey counts, capture histories (checked against a simulation)."""
+"""reid.search.population: identities, per-survey counts, capture histories (checked against a simulation)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from reid import population
+from reid.search import population
 
 
 def decisions(rows):

@@ -17,8 +17,9 @@ import pyarrow as pa
 import pytest
 
 from jobs.evaluate import EvaluateConfig, run
-from reid import manifest, report, storage
+from reid import manifest, storage
 from reid.archive import ArchiveWriter
+from reid.evaluation import report
 from reid.schema import conform, embeddings_schema
 from tests.images import jpeg_bytes, photo
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from reid import archive, manifest, population, review, storage
+from reid import archive, manifest, review, storage
 from reid.errors import ReidError
 from reid.export import formats, sightings
 from reid.export.formats import UNIDENTIFIED
+from reid.search import population
 
 __all__ = ["UNIDENTIFIED", "export", "find_inputs", "formats", "sightings"]
 

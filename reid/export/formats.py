@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from reid import archive, imageio, population, storage
+from reid import archive, imageio, storage
+from reid.search import population
 
 __all__ = [
     "UNIDENTIFIED",
@@ -255,7 +256,7 @@ def camtrapdp_package(sightings: pa.Table) -> dict[str, str]:
 
 
 def capture_history(sightings: pa.Table) -> pa.Table:
-    """Individual x survey 0/1 table (:func:`reid.population.capture_history`) of identified sightings."""
+    """Individual x survey 0/1 table (:func:`reid.search.population.capture_history`) of identified sightings."""
     ident = pa.table(
         {
             "image_id": sightings.column("image_id"),

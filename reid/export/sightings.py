@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid import population
+from reid.search import population
 
 __all__ = ["ARCHIVE_COLUMNS", "SIGHTINGS_SCHEMA", "build"]
 

@@ -63,7 +63,7 @@ def val_map(cfg: TrainConfig, session: Session, epoch: int) -> None:
     last = getattr(session, "last_val", None)
     if last is None or cfg.val_map == "off":
         return
-    from reid.plots import embedding_map_png
+    from reid.evaluation.plots import embedding_map_png
 
     try:
         uri = storage.join(cfg.out, "maps", f"epoch-{epoch:04d}.png")

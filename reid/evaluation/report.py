@@ -18,8 +18,9 @@ import jinja2
 import numpy as np
 import pyarrow.compute as pc
 
-from reid import plots, storage
+from reid import storage
 from reid.errors import ReidError
+from reid.evaluation import plots
 from reid.evaluation.data import EvalData
 from reid.evaluation.protocols import Protocol
 from reid.evaluation.scoring import Evaluation
