@@ -89,6 +89,12 @@ class EvaluateConfig(JobConfig):
     examples: int = Field(8, ge=0, le=100, description="example queries shown in the report")
     candidates: int = Field(10, ge=1, le=100, description="candidates per query kept in queries.parquet")
     seed: int = Field(0, description="seed for sampling examples and the map")
+    keypoints: Input | None = Field(
+        None, description="local features (`reid keypoints`): also rank by verified matches, and fused"
+    )
+    rerank: list[int] = Field(
+        default_factory=lambda: [50], description="with --keypoints: shortlist size(s) re-ranked"
+    )
 
     @model_validator(mode="after")
     def _protocol_inputs(self) -> EvaluateConfig:
@@ -205,6 +211,12 @@ def run(cfg: EvaluateConfig) -> dict:
             "n_unlabelled": data.n_unlabelled,
         }
     )
+    if cfg.keypoints:  # global, local and fused side by side (reid/local/scoring.py)
+        from reid.local.scoring import evaluate_features
+
+        metrics_doc["local_features"] = evaluate_features(
+            data, protocol, cfg.keypoints, tuple(cfg.rerank), mask, cfg.burst_seconds
+        )
     storage.write_json(storage.join(cfg.out, METRICS), metrics_doc)  # NaN metrics as null
     storage.write_parquet(queries_table(data, ev), storage.join(cfg.out, QUERIES))
     paths = {}
@@ -231,7 +243,7 @@ def run(cfg: EvaluateConfig) -> dict:
         "gallery": int(ev.metrics["n_gallery"]),
         "excluded_pairs": ev.exclusions,
     }
-    inputs_uris = [cfg.embeddings] + ([cfg.split] if cfg.split else [])
+    inputs_uris = [cfg.embeddings] + ([cfg.split] if cfg.split else []) + ([cfg.keypoints] if cfg.keypoints else [])
     manifest.write_manifest(
         cfg.out,
         JOB,
@@ -247,6 +259,7 @@ def run(cfg: EvaluateConfig) -> dict:
         **counts,
         "report": paths.get("report"),
         "wall_s": round(time.perf_counter() - t0, 2),
+        "local_features": metrics_doc.get("local_features"),
     }
 
 
@@ -260,6 +273,15 @@ def print_metrics(summary: dict) -> None:
             v = summary[k]
             table.add_row(k, "n/a" if v is None else f"{v:.4f}")
     console.print(table)
+    if summary.get("local_features"):
+        from reid.local.scoring import side_by_side
+
+        local = Table(title="re-ranked shortlists (B candidates)", title_justify="left")
+        for name in ("metric", "B", "global", "local", "fused"):
+            local.add_column(name, justify="left" if name == "metric" else "right")
+        for row in side_by_side(summary["local_features"]):
+            local.add_row(*row)
+        console.print(local)
     print_summary(JOB, {k: v for k, v in summary.items() if k not in HEADLINE})
 
 
