@@ -10,6 +10,7 @@ import sys
 import typer
 
 from jobs import registry
+from jobs.options import add_commands
 from reid.errors import ReidError
 
 app = typer.Typer(
@@ -39,7 +40,7 @@ def _register_all() -> None:
             module.register(app)
         for job in jobs.values():
             if job.run.__module__ == name:
-                registry.add_commands(app, job)
+                add_commands(app, job)
 
 
 def _import(name: str):

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from cluster import submit as jobs_api
 from jobs import registry
 from jobs.common import one_line, paths_as_given
+from jobs.options import command
 from jobs.registry import Job
 from reid import storage
 from reid.errors import ReidError
@@ -35,13 +36,13 @@ _NAME_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:(?!//)")
 def parse_job_args(job: str, args: list[str]) -> tuple[Job, BaseModel]:
     """The job's registry entry and the config its command line builds from ``args``.
 
-    The command is the one `reid JOB` runs (:func:`jobs.registry.command`), so options validate
+    The command is the one `reid JOB` runs (:func:`jobs.options.command`), so options validate
     exactly as in a local run; its action keeps the config instead of running the job.
     """
     entry = registry.get(job)
     captured: list[BaseModel] = []
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(job)(registry.command(entry, captured.append))
+    app.command(job)(command(entry, captured.append))
     try:
         with paths_as_given():  # a relative path means nothing on the cluster: refused below, by name
             typer.main.get_command(app).main(args=list(args), prog_name=f"reid {job}", standalone_mode=False)
@@ -101,7 +102,7 @@ def fingerprint(uri: str) -> dict:
 def check_locations(job: str, inputs, outputs, check_inputs: bool = True) -> list[dict]:
     """Refuse relative local paths and missing inputs; returns the inputs' fingerprints."""
     for name, uri in [*inputs, *outputs]:
-        if not storage.is_s3(uri) and not os.path.isabs(os.path.expanduser(uri.removeprefix("file://"))):
+        if not storage.is_remote(uri) and not os.path.isabs(os.path.expanduser(uri.removeprefix("file://"))):
             raise ReidError(
                 f"reid {job}: {name} {uri!r} is a relative path, but a submitted job runs in its own working "
                 "directory on the cluster: pass an absolute path every node can see, or an s3:// URI"
@@ -152,7 +153,7 @@ def prepare(
         memory=memory,
         resources=resources,
     )
-    local = [(n, u) for n, u in [*inputs, *outputs] if not storage.is_s3(u)]
+    local = [(n, u) for n, u in [*inputs, *outputs] if not storage.is_remote(u)]
     return spec, local
 
 

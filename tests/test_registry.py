@@ -12,6 +12,7 @@ from pydantic_core import PydanticUndefined
 from typer.testing import CliRunner
 
 from jobs import registry
+from jobs.options import cli_options, command, shown_default
 from jobs.pipeline import PipelineConfig, load, staleness
 from jobs.submit import locations, parse_job_args
 from reid import manifest
@@ -36,13 +37,13 @@ def _argv(job: registry.Job, values: dict) -> list[str]:
         argv += values[name] if isinstance(values[name], list) else [values[name]]
     for name, value in values.items():
         if name not in job.args:
-            argv += [registry.cli_options(job)[name].decls[0].split("/")[0], value]
+            argv += [cli_options(job)[name].decls[0].split("/")[0], value]
     return argv
 
 
 def _app(job: registry.Job) -> typer.Typer:
     app = typer.Typer()
-    app.command(job.name)(registry.command(job, lambda cfg: None))
+    app.command(job.name)(command(job, lambda cfg: None))
     return app
 
 
@@ -69,7 +70,7 @@ def test_cli_offers_every_field_with_the_config_default(name):
     """One option per field; the CLI holds no default of its own (None = not typed), and the
     default it shows is the config field's."""
     job = JOBS[name]
-    options = registry.cli_options(job)
+    options = cli_options(job)
     hidden = {k for k, f in job.flags.items() if f.hidden}
     assert set(options) == set(job.config.model_fields) - hidden
     params = {p.name: p for p in _click(job).params}
@@ -82,9 +83,7 @@ def test_cli_offers_every_field_with_the_config_default(name):
             default = info.get_default(call_default_factory=True)
             if default not in (None, [], {}):
                 shown = param.show_default
-                assert shown == registry._shown(default), (
-                    f"{name} {field}: shows {shown!r}, field {default!r}"
-                )
+                assert shown == shown_default(default), f"{name} {field}: shows {shown!r}, field {default!r}"
         if opt.positional:
             assert param.param_type_name == "argument" and field in job.args
         else:
