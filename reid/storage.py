@@ -75,14 +75,13 @@ def _other_scheme(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         import fsspec
 
-        fsspec_fs = fsspec.filesystem(scheme)
+        fsspec_fs, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as e:
         raise ReidError(
             f"{uri!r}: unsupported URI scheme {scheme!r} (pyarrow: {why}; fsspec: {e}); use a local "
             "path, file://, s3://, a scheme pyarrow knows (gs://, abfs://, hdfs://) or install its fsspec "
             "package"
         ) from e
-    path = fsspec_fs._strip_protocol(uri)  # noqa: SLF001 - fsspec's documented way to get the path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), str(path).rstrip("/") or "/"
 
 

@@ -313,6 +313,22 @@ def test_ingest_through_a_registered_pyarrow_scheme(tmp_path):
         storage.resolve("zoo://surveys/arch")
 
 
+def test_other_schemes_resolve_through_pyarrow_and_fsspec(tmp_path):
+    """gs:// maps to pyarrow's own GCS filesystem (no emulator runs here, so nothing is read from
+    it); memory:// (a scheme only fsspec knows) carries a whole ingest and read-back."""
+    fs, path = storage.resolve("gs://bucket/surveys/2024")
+    assert isinstance(fs, pafs.GcsFileSystem) and path == "bucket/surveys/2024"
+    assert storage.join("gs://bucket/a", "part-1.parquet") == "gs://bucket/a/part-1.parquet"
+    src = write_coco(tmp_path / "c")
+    summary = run(IngestConfig(src=str(src), out="memory://reid-test/arch"))
+    try:
+        assert summary["written"] == 3
+        assert archive.read_archive("memory://reid-test/arch").num_rows == 3
+        assert storage.exists("memory://reid-test/arch/_manifest.json")
+    finally:
+        storage.delete("memory://reid-test/arch")
+
+
 def test_cli_format_options_and_export(tmp_path):
     """The command line: MegaDetector options, a bad --format as one line, then `reid export`."""
     import subprocess

@@ -134,7 +134,7 @@ class TrainConfig(Settings):
         """The local cache folder: ``cache_dir``, else MODEL_DIR/_cache (~/.cache for s3 outputs)."""
         if self.cache_dir:
             return os.path.abspath(os.path.expanduser(self.cache_dir))
-        if storage.is_s3(self.out):
+        if storage.is_remote(self.out):
             return os.path.join(os.path.expanduser("~"), ".cache", "reid", "train")
         return os.path.join(storage.resolve(self.out)[1], "_cache")
 

@@ -50,7 +50,7 @@ def tensorboard(cfg: TrainConfig) -> tuple[Any, str | None, str | None]:
     """A TensorBoard writer for MODEL_DIR/tensorboard; on s3, (writer, local folder, upload prefix)."""
     from tensorboardX import SummaryWriter
 
-    if storage.is_s3(cfg.out):
+    if storage.is_remote(cfg.out):
         local = os.path.join(
             cfg.resolved_cache_dir(), "tensorboard-" + hashlib.sha1(cfg.out.encode()).hexdigest()[:8]
         )
