@@ -20,8 +20,11 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 
 import ray
+
+from reid.errors import ReidError
 
 # Storage settings (not secret) forwarded to Ray workers so they reach the same storage as the
 # driver, even when the variables were set after Ray started (notebooks, tests).
@@ -213,3 +216,14 @@ def shutdown() -> None:
 
 def resources() -> dict:
     return ray.cluster_resources() if ray.is_initialized() else {}
+
+
+def ray_get(refs: Any) -> Any:
+    """``ray.get`` that re-raises a user error from a task as itself, so the CLI prints one clear line."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, ReidError):
+            raise cause from None
+        raise

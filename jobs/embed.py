@@ -32,7 +32,6 @@ from jobs.common import (
     Output,
     check_locations,
     print_summary,
-    progress,
 )
 from jobs.registry import RAY, Job, add_job
 from reid import archive, manifest, storage
@@ -47,6 +46,7 @@ from reid.inference import (
     plan_units,
     unit_uri,
 )
+from reid.progress import progress
 from reid.schema import (
     REJECTS_SCHEMA,
     check_unique,

@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from cluster.runtime import ray_get
+from cluster.search import knn
 from jobs.common import (
     Input,
     JobConfig,
     Output,
     check_locations,
-    knn,
     print_summary,
-    ray_get,
 )
 from jobs.registry import RAY, Job, add_job
 from reid import embeddings, manifest, matching, storage

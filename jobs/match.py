@@ -1,6 +1,6 @@
 """`reid match INDEX --out MATCHES [--k 10] [--query EMBEDDINGS]`: sharded all-vs-all k-NN.
 
-Work = (shard x query block) Ray tasks (:func:`jobs.common.knn` running :mod:`reid.search.allvsall`): a read
+Work = (shard x query block) Ray tasks (:func:`cluster.search.knn` running :mod:`reid.search.allvsall`): a read
 task loads each block of queries once from the embeddings files into the object store, and every
 search task takes one block and one shard (kept loaded in the worker between tasks, on a GPU when
 the cluster has one); the driver merges each block's per-shard top-k as results arrive, so it holds
@@ -29,12 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from cluster.search import knn
 from jobs.common import (
     Input,
     JobConfig,
     Output,
     check_locations,
-    knn,
     print_summary,
 )
 from jobs.registry import RAY, Alias, Job, add_job

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.common import progress, ray_get
+from cluster.runtime import ray_get
+from jobs.common import progress
 from reid import matching, storage
 from reid.embeddings import Block
 from reid.local import calibration, rerank

@@ -13,11 +13,11 @@ from jobs.common import (
     Output,
     check_locations,
     print_summary,
-    progress,
 )
 from jobs.registry import Alias, Job, add_job
 from reid import archive, manifest, storage
 from reid.errors import ConfigError, ReidError
+from reid.progress import progress
 from reid.synthetic import scenes, survey, truth
 
 JOB = "synth"

@@ -24,12 +24,13 @@ import os
 import time
 from typing import Any
 
-from jobs.common import check_locations, follow_epochs, options_error, progress
+from jobs.common import check_locations, options_error
 from jobs.registry import Flag, Job, add_job, key_values
 from reid import archive, manifest, storage
 from reid.allocator import process_env
 from reid.data.cache import ensure_cache
 from reid.errors import ConfigError
+from reid.progress import follow_epochs, progress
 from reid.training.config import RESUMABLE, TrainConfig, load_config_file
 from reid.training.history import HISTORY, summarize
 from reid.training.plan import DataPlan, plan_data
