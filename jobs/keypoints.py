@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from cluster.runtime import ray_get
 from jobs.common import (
     Input,
     JobConfig,
@@ -24,7 +25,6 @@ from jobs.common import (
     check_locations,
     print_summary,
     progress,
-    ray_get,
 )
 from jobs.registry import RAY, Job, add_job
 from reid import archive, manifest, storage
