@@ -16,22 +16,19 @@ it like any job: ``reid submit pipeline s3://bucket/survey.toml --address http:/
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from jobs import registry
-from jobs.common import Input, JobConfig, console, one_line, options_error, print_summary
+from jobs.common import Input, JobConfig, console, options_error, print_summary
 from jobs.registry import RAY, Flag, Job, add_job
-from reid import manifest, storage
+from reid import graph, manifest
 from reid.errors import ConfigError, ReidError
 
 JOB = "pipeline"
-_REF = re.compile(r"\$\{([A-Za-z_][\w-]*)(?:\.([A-Za-z_]\w*))?\}")
 
 
 class PipelineConfig(JobConfig):
@@ -62,63 +59,10 @@ class Step:
 # Loading: file -> vars and steps -> resolved configs in dependency order
 
 
-def _parse(uri: str) -> dict:
-    text = storage.read_text(uri)
-    try:
-        if uri.endswith((".yaml", ".yml")):
-            data = yaml.safe_load(text)
-        else:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-
-            data = tomllib.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
-        raise ConfigError(f"{uri}: cannot parse: {one_line(str(e))}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{uri}: expected tables of steps (and [vars])")
-    return data
-
-
-def _literal(text: str) -> Any:
-    """A --set value: JSON when it parses as JSON (numbers, lists, true), else the plain string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _apply_overrides(data: dict, overrides: list[str], uri: str) -> None:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected VAR=VALUE or STEP.FIELD=VALUE")
-        key, value = item.split("=", 1)
-        if "." in key:
-            step, name = key.split(".", 1)
-            if not isinstance(data.get(step), dict) or step == "vars":
-                raise ConfigError(f"--set {item!r}: {uri} has no step [{step}]")
-            data[step][name] = _literal(value)
-        else:
-            data.setdefault("vars", {})[key] = _literal(value)
-
-
-def _substitute(value: Any, lookup, where: str) -> Any:
-    """Replace ``${...}`` references in a value (strings inside lists too)."""
-    if isinstance(value, list):
-        return [_substitute(v, lookup, where) for v in value]
-    if not isinstance(value, str):
-        return value
-    whole = _REF.fullmatch(value)
-    if whole:  # the value is one reference: keep the referenced value's type (a list, a number)
-        return lookup(whole.group(1), whole.group(2), where)
-    return _REF.sub(lambda m: str(lookup(m.group(1), m.group(2), where)), value)
-
-
 def load(cfg: PipelineConfig) -> list[Step]:
     """Read the pipeline, resolve references and configs; returns the steps in run order."""
-    data = _parse(cfg.file)
-    _apply_overrides(data, cfg.set, cfg.file)
+    data = graph.read_graph(cfg.file)
+    graph.apply_overrides(data, cfg.set, cfg.file)
     raw_vars = data.pop("vars", {}) or {}
     steps = {}
     for name, table in data.items():
@@ -132,24 +76,7 @@ def load(cfg: PipelineConfig) -> list[Step]:
             raise ConfigError(f"--force {name}: {cfg.file} has no step [{name}] (steps: {', '.join(steps)})")
     if not steps:
         raise ConfigError(f"{cfg.file}: no steps")
-
-    resolving: list[str] = []
-    var_values: dict[str, Any] = {}
-
-    def var(name: str, attr: str | None, where: str) -> Any:
-        if attr is not None:
-            raise ConfigError(f"{cfg.file}: {where} uses ${{{name}.{attr}}}: [vars] cannot refer to steps")
-        if name in var_values:
-            return var_values[name]
-        if name not in raw_vars:
-            hint = f" (a step? write ${{{name}.out}})" if name in steps else ""
-            raise ConfigError(f"{cfg.file}: {where} uses ${{{name}}}, which [vars] does not define{hint}")
-        if name in resolving:
-            raise ConfigError(f"{cfg.file}: [vars] refer to each other in a cycle: {' -> '.join(resolving)}")
-        resolving.append(name)
-        var_values[name] = _substitute(raw_vars[name], var, f"[vars] {name}")
-        resolving.pop()
-        return var_values[name]
+    var = graph.Vars(raw_vars, list(steps), cfg.file)
 
     def lookup(name: str, attr: str | None, where: str) -> Any:
         if attr is None:
@@ -161,8 +88,11 @@ def load(cfg: PipelineConfig) -> list[Step]:
             )
         return values[attr]
 
-    order = _order(steps, cfg.file)
-    for step in order:
+    order = []
+    for name, deps in graph.dependency_order({n: st.fields for n, st in steps.items()}, cfg.file):
+        step = steps[name]
+        step.deps = deps
+        order.append(step)
         step.entry = registry.get(step.job)
         cls = step.entry.config
         unknown = sorted(set(step.fields) - set(cls.model_fields))
@@ -171,7 +101,7 @@ def load(cfg: PipelineConfig) -> list[Step]:
                 f"{cfg.file}: step [{step.name}] ({step.job}): unknown field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(cls.model_fields)}"
             )
-        values = {k: _substitute(v, lookup, f"[{step.name}] {k}") for k, v in step.fields.items()}
+        values = {k: graph.substitute(v, lookup, f"[{step.name}] {k}") for k, v in step.fields.items()}
         for key in ("address", "num_cpus"):
             if getattr(cfg, key) is not None and key in cls.model_fields and key not in values:
                 values[key] = getattr(cfg, key)
@@ -181,33 +111,6 @@ def load(cfg: PipelineConfig) -> list[Step]:
             why = str(options_error(step.job, e, cls, as_fields=True)).removeprefix(f"reid {step.job}: ")
             raise ConfigError(f"{cfg.file}: step [{step.name}] ({step.job}): {why}") from None
     return order
-
-
-def _refs(value: Any) -> set[str]:
-    if isinstance(value, list):
-        return set().union(*(_refs(v) for v in value)) if value else set()
-    return {m.group(1) for m in _REF.finditer(value) if m.group(2)} if isinstance(value, str) else set()
-
-
-def _order(steps: dict[str, Step], uri: str) -> list[Step]:
-    """Steps in dependency order (file order among independent steps); refuses cycles."""
-    for step in steps.values():
-        deps = set().union(*(_refs(v) for v in step.fields.values())) if step.fields else set()
-        for dep in sorted(deps - set(steps)):
-            raise ConfigError(
-                f"{uri}: step [{step.name}] refers to ${{{dep}.FIELD}}, but there is no step [{dep}]"
-            )
-        step.deps = [d for d in steps if d in deps]
-    done: list[Step] = []
-    pending = list(steps.values())
-    while pending:
-        ready = [s for s in pending if all(d in {x.name for x in done} for d in s.deps)]
-        if not ready:
-            cycle = ", ".join(s.name for s in pending)
-            raise ConfigError(f"{uri}: steps depend on each other in a cycle: {cycle}")
-        done.append(ready[0])
-        pending.remove(ready[0])
-    return done
 
 
 # --------------------------------------------------------------------------------------------
