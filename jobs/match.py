@@ -74,7 +74,7 @@ class MatchConfig(JobConfig):
         None, description="local features (`reid keypoints`): re-rank each shortlist by verified matches"
     )
     rerank: int = Field(50, ge=1, le=1000, description="with --keypoints: candidates per query re-ranked")
-    rerank_block: int = Field(256, ge=1, description="with --keypoints: queries per re-rank task")
+    rerank_block: int = Field(64, ge=1, description="with --keypoints: queries per re-rank task")
     calibration: Literal["isotonic", "logistic"] = Field(
         "isotonic", description="with --keypoints: how scores become probabilities"
     )

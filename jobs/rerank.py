@@ -108,7 +108,7 @@ def run_rerank(
     shortlist: int,
     k: int,
     method: str = "isotonic",
-    rerank_block: int = 256,
+    rerank_block: int = 64,
     workers: int | None = None,
     threshold: float | None = None,
     target_false_new: float = 0.05,

@@ -10,6 +10,7 @@ and writes the block's local scores; :func:`fuse_part` ranks a block by the fuse
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,6 +25,7 @@ from reid.local.match import Matcher, MatcherSettings, Prepared, prepare
 
 __all__ = [
     "LOCAL_SCHEMA",
+    "PREPARED_CACHE",
     "burst_pairs",
     "calibration_pairs",
     "fuse_part",
@@ -31,6 +33,7 @@ __all__ = [
     "shortlist_inliers",
 ]
 
+PREPARED_CACHE = 2048  # images kept prepared per task (512 keypoints x 128 float32 = 256 KB each)
 LOCAL_SCHEMA = pa.schema(
     [
         pa.field("query_id", pa.string(), nullable=False),
@@ -53,12 +56,16 @@ def shortlist_inliers(
     from threadpoolctl import threadpool_limits
 
     k = matcher.settings.keypoints
-    prepared: dict[str, Prepared | None] = {}
+    prepared: OrderedDict[str, Prepared | None] = OrderedDict()  # the last PREPARED_CACHE images
 
     def get(image_id: str) -> Prepared | None:
-        if image_id not in prepared:
+        if image_id in prepared:
+            prepared.move_to_end(image_id)
+        else:
             f = features.get(image_id)
             prepared[image_id] = None if f is None else prepare(f, k)
+            if len(prepared) > PREPARED_CACHE:
+                prepared.popitem(last=False)
         return prepared[image_id]
 
     seen: dict[tuple[str, str], int] = {}
