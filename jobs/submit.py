@@ -9,25 +9,25 @@ from (job, config, inputs). Then the job is submitted through the Ray Jobs API a
 from __future__ import annotations
 
 import json
-import logging
-import os
-import re
 
 import typer
 from pydantic import BaseModel
 
 from cluster import submit as jobs_api
+from cluster.submission import (
+    check_locations,
+    is_location,
+    parse_env,
+    parse_resources,
+    quiet_client_logs,
+)
 from jobs import registry
 from jobs.common import one_line, paths_as_given
 from jobs.options import command
 from jobs.registry import Job
 from reid import storage
 from reid.errors import ReidError
-from reid.manifest import read_manifest, scrub
-
-# A value with a scheme other than these is a name (timm:resnet18, hf-hub:org/model), not a location.
-_NAME_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:(?!//)")
-
+from reid.manifest import scrub
 
 # --------------------------------------------------------------------------------------------
 # A job's config, parsed here by its own command line
@@ -63,17 +63,6 @@ def parse_job_args(job: str, args: list[str]) -> tuple[Job, BaseModel]:
 # Inputs and outputs of a config
 
 
-def is_location(value) -> bool:
-    """A string that names a place (path, file:// or s3:// URI) rather than a name or a number."""
-    if not isinstance(value, str) or not value:
-        return False
-    if value.startswith(("s3://", "file://")):
-        return True
-    if _NAME_SCHEME.match(value):
-        return False
-    return "/" in value or value.startswith(("~", "."))
-
-
 def locations(job: Job, config: BaseModel) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(inputs, outputs) of a config as (field, location) pairs, from the job's location fields."""
     values = config.model_dump()
@@ -83,46 +72,6 @@ def locations(job: Job, config: BaseModel) -> tuple[list[tuple[str, str]], list[
 
 def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def fingerprint(uri: str) -> dict:
-    """What identifies an input's current state: its manifest (job output) or size/mtime (a file)."""
-    import pyarrow.fs as pafs
-
-    m = read_manifest(uri)
-    if m:
-        return {"uri": uri, "job": m.get("job"), "ended_at": m.get("ended_at"), "counts": m.get("counts")}
-    fs, path = storage.resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        return {"uri": uri, "size": info.size, "mtime": str(info.mtime)}
-    return {"uri": uri}
-
-
-def check_locations(job: str, inputs, outputs, check_inputs: bool = True) -> list[dict]:
-    """Refuse relative local paths and missing inputs; returns the inputs' fingerprints."""
-    for name, uri in [*inputs, *outputs]:
-        if not storage.is_remote(uri) and not os.path.isabs(os.path.expanduser(uri.removeprefix("file://"))):
-            raise ReidError(
-                f"reid {job}: {name} {uri!r} is a relative path, but a submitted job runs in its own working "
-                "directory on the cluster: pass an absolute path every node can see, or an s3:// URI"
-            )
-    prints = []
-    for name, uri in inputs:
-        if not check_inputs:
-            prints.append({"uri": uri})
-            continue
-        try:
-            found = storage.exists(uri)
-        except OSError as e:
-            raise ReidError(
-                f"reid {job}: cannot check input {name} {uri} from here ({e}); fix the storage settings "
-                "or pass --no-check-inputs when only the cluster can see it"
-            ) from e
-        if not found:
-            raise ReidError(f"reid {job}: input {name} {uri} does not exist; create it first or fix the path")
-        prints.append(fingerprint(uri))
-    return prints
 
 
 def prepare(
@@ -157,39 +106,8 @@ def prepare(
     return spec, local
 
 
-def _parse_env(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise ReidError(f"--env {p!r}: expected NAME=VALUE")
-        k, v = p.split("=", 1)
-        out[k] = v
-    return out
-
-
-def _parse_resources(text: str | None) -> dict[str, float] | None:
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
-            raise ValueError
-    except ValueError as e:
-        raise ReidError(f"--entrypoint-resources {text!r}: expected JSON like '{{\"worker\": 1}}'") from e
-    return {str(k): float(v) for k, v in value.items()}
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
-
-
-def _quiet() -> None:
-    """Ray's client logs (packaging, uploads, websockets) say what our own lines already say."""
-    import ray  # noqa: F401  (sets up the "ray" logger and its handlers)
-
-    ray_logger = logging.getLogger("ray")
-    for handler in ray_logger.handlers:  # Ray's SDK loggers set their own level INFO
-        handler.setLevel(logging.ERROR)
 
 
 _ADDRESS = typer.Option(
@@ -234,18 +152,18 @@ def register(app: typer.Typer) -> None:
     ):
         """Submit a job to a Ray cluster through the Jobs API (e.g. `reid submit embed ARCHIVE --model M
         --out OUT --address http://HEAD:8265`). Use `--` before job options that clash with these."""
-        _quiet()
+        quiet_client_logs()
         spec, local = prepare(
             job,
             list(ctx.args),
             code=code,
-            env_vars=_parse_env(env),
+            env_vars=parse_env(env),
             check_inputs=check_inputs,
             python=python or jobs_api.default_python(address),
             num_cpus=entrypoint_num_cpus,
             num_gpus=entrypoint_num_gpus,
             memory=entrypoint_memory,
-            resources=_parse_resources(entrypoint_resources),
+            resources=parse_resources(entrypoint_resources),
         )
         cl = jobs_api.client(address)
         if local and not jobs_api.is_local_address(address):
@@ -274,7 +192,7 @@ def register(app: typer.Typer) -> None:
         all_: bool = typer.Option(False, "--all", help="include jobs not submitted by reid"),
     ):
         """The cluster's jobs, newest first."""
-        _quiet()
+        quiet_client_logs()
         rows = jobs_api.list_jobs(jobs_api.client(address), everything=all_)
         if not rows:
             typer.echo("no jobs")
@@ -288,7 +206,7 @@ def register(app: typer.Typer) -> None:
     @jobs.command("status")
     def status_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
         """Status of one job: state, message, entrypoint, times."""
-        _quiet()
+        quiet_client_logs()
         info = jobs_api.get(jobs_api.client(address), submission_id)
         typer.echo(f"{submission_id}: {jobs_api.status_of(info)}")
         for key in ("message", "entrypoint", "driver_node_id", "start_time", "end_time", "metadata"):
@@ -303,7 +221,7 @@ def register(app: typer.Typer) -> None:
         follow_: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends"),
     ):
         """A job's logs (with --follow: until it ends; exit status 1 unless it succeeded)."""
-        _quiet()
+        quiet_client_logs()
         cl = jobs_api.client(address)
         jobs_api.get(cl, submission_id)
         if not follow_:
@@ -317,6 +235,6 @@ def register(app: typer.Typer) -> None:
     @jobs.command("stop")
     def stop_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
         """Stop a running job (it keeps what it committed; re-submit to resume)."""
-        _quiet()
+        quiet_client_logs()
         status = jobs_api.stop(jobs_api.client(address), submission_id)
         typer.echo(f"{submission_id}: {status}")
