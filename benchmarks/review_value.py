@@ -7,7 +7,8 @@ On a synthetic survey (ground truth known; `reid synth`, most photos unlabelled)
 once: embed (an untrained resnet10t by default, as the tests use; ``--model`` for e.g. the demo's
 briefly trained one), index, all-vs-all match. The review queue of that match output
 (:mod:`reid.review.queue`, in its order) is then answered by a reviewer simulated from the truth:
-``same`` when the query shows the candidate, ``new`` (its true group members only) when it shows an
+``same`` when the query shows the candidate or one of the item's other nearest individuals (the
+page offers up to five, keys 1-5), ``new`` (its true group members only) when it shows an
 animal no label names (the id minted the first time when it comes back), ``different``
 otherwise. For each N, `reid match --reviews` re-decides over the committed kNN and the capture
 history is scored against the truth:
@@ -101,9 +102,14 @@ def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: s
         base = dict(query_image_id=q, candidate_image_id=img, score=it["score"], reviewer="simulated",
                     item_id=it["item_id"], name_new=False)  # fmt: skip
         known = ind if ind and not ind.startswith(PROPOSAL) else None
+        alt = next((x for x in queue.alternatives.get(q, []) if x["individual_id"] == animal), None)
         if known and known == animal:
             answer = "same"
             review.record(folder, "same", None, individual_id=known, **base)
+        elif alt is not None:  # the right one is among the item's other nearest individuals
+            answer = "same (another candidate)"
+            base.update(candidate_image_id=alt["image_id"], score=alt["score"])
+            review.record(folder, "same", None, individual_id=animal, **base)
         elif animal not in labelled:
             answer = "new"  # an animal no label names: its photos in view, under one name
             group = [m for m in [*it["members"], img] if m and m != q and truth.get(m) == animal]
@@ -112,9 +118,11 @@ def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: s
             if animal not in minted:  # the id it got, typed again when the animal comes back
                 log = review.read_reviews("", folder=review.reviews_uri(folder))
                 minted[animal] = resolve(log, ID_FORMAT).minted[rec["review_id"]]
-        else:
+        elif known or img:
             answer = "different"
             review.record(folder, "different", None, individual_id=known, **base)
+        else:
+            answer = "skip"  # nothing to compare with
         answers[answer] += 1
     return answers
 
@@ -151,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.figure:
         a.figure.parent.mkdir(parents=True, exist_ok=True)
         a.figure.write_bytes(figure(results, len(queue.items)))
-    print(json.dumps({"survey": SURVEY, "queue_items": len(queue.items), "results": results,
+    kinds = dict(collections.Counter(it["kind"] for it in queue.items))
+    print(json.dumps({"survey": SURVEY, "queue_items": len(queue.items), "queue_kinds": kinds, "results": results,
                       "wall_s": round(time.perf_counter() - t0, 1)}))  # fmt: skip
 
 

@@ -201,7 +201,7 @@ def create_app(index: str, model: str, archive: list[str] | str | None = None, *
 
     @app.post("/api/review")
     async def review_item(a: QueueAnswer):
-        return await call(svc.review_item, a.item_id, a.answer, a.reviewer, a.note, a.name)
+        return await call(svc.review_item, a.item_id, a.answer, a.reviewer, a.note, a.name, a.candidate)
 
     @app.post("/api/review/undo")
     async def undo(u: Undo):

@@ -204,3 +204,31 @@ def test_queue_order_filters_paging_and_decided(tmp_path):
     assert after["items"][0]["kind"] == "conflict" and after["items"][0]["query"]["image_id"] == "u2"
     assert new["item_id"] not in {it["item_id"] for it in after["items"]}
     assert len(q.page(resolved(folder), include_decided=True, limit=50)["items"]) == len(page["items"]) + 1
+
+
+def test_desk_builds_decisions_from_the_item_shown(tmp_path):
+    from reid.serving.desk import ReviewDesk
+
+    desk = ReviewDesk(write_match_output(tmp_path), str(tmp_path / "rev"), "T-{year}-{n}")
+    page = desk.page(limit=50)
+    by_query = {it["query"]["image_id"]: it for it in page["items"]}
+    u2 = by_query["u2"]
+    assert [a["individual_id"] for a in u2["alternatives"]] == ["A"]  # its nearest known individuals
+    new = desk.decide(by_query["u4"]["item_id"], "new", "ana")
+    assert new["minted"] == "T-2023-1" and new["members"] == ["u5"] and new["year"] == 2023
+    batch = desk.decide("batch:u1|u3", "same", "ana")  # u3 is matched to B, a known individual
+    assert (batch["decision"], batch["individual_id"], batch["candidate_image_id"]) == ("same", "B", "u3")
+    with pytest.raises(ReidError, match="not one of this item's candidates"):
+        desk.decide(u2["item_id"], "same", "ana", candidate="Z")
+    with pytest.raises(ReidError, match="needs a labelled photo"):
+        desk.decide(u2["item_id"], "split", "ana")
+    same = desk.decide(u2["item_id"], "same", "ana", candidate="A")
+    assert same["individual_id"] == "A" and same["score"] == pytest.approx(0.85)
+    assert desk.page(limit=50)["decided"] == 4  # u1 answered through its batch item too
+    desk.undo(same["review_id"], "ana")
+    after = desk.page(limit=50)
+    assert after["decided"] == 3 and "u2" in {it["query"]["image_id"] for it in after["items"]}
+    with pytest.raises(ReidError, match="no decision"):
+        desk.undo("nope")
+    with pytest.raises(ReidError, match="no queue item"):
+        desk.decide("new:gone", "new")

@@ -1,11 +1,11 @@
 // The review queue: page through the decisions a match output needs, judge query and candidate
 // side by side (zoomable), answer with the keyboard (s same, d different, n new, k skip, u undo,
-// m merge, x split). Plain DOM, no framework, no network beyond this server; text via textContent.
+// m merge, x split; 1-5 compare another of the query's nearest known individuals). Plain DOM, no framework, no network beyond this server; text via textContent.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
 const PAGE = 20;
-const state = { offset: 0, page: null, pos: 0, skipped: new Set(), done: [], busy: false };
+const state = { offset: 0, page: null, pos: 0, skipped: new Set(), done: [], busy: false, alt: null };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -136,25 +136,18 @@ function select(i) {
   view.dataset.kind = it.kind;
   $("#why").textContent = `${it.kind}: ${it.why}` + (it.reviewed_as ? ` · reviewed as ${it.reviewed_as}` : "");
   setPhoto($("#img-query"), it.query);
-  setPhoto($("#img-cand"), it.candidate);
   metaList($("#meta-query"), it.query);
-  metaList($("#meta-cand"), it.candidate);
-  const ind = it.candidate_individual || "no known individual";
-  $("#cand-title").textContent = it.kind === "new" ? `Nearest known individual: ${ind}` : `Candidate: ${ind}`;
-  $("#score-line").textContent = `score ${fmt(it.score)} · new below ${fmt(state.page.bounds.low)}` +
-    (it.impact > 1 ? ` · this decision moves ${it.impact} photos` : "");
-  $("#others-title").textContent = it.kind === "new"
-    ? `The other photos of the proposed individual (${it.n_others})`
-    : `Other photos of ${ind} (${it.n_others})`;
-  const others = $("#others");
-  others.replaceChildren();
-  for (const p of it.others) {
-    const b = el("button", { type: "button", title: `${p.file || p.image_id} · ${p.captured_at || ""} · ${p.camera_id || ""}` },
-      el("img", { src: `/thumb/${encodeURIComponent(p.image_id)}`, alt: "another photo" }));
-    b.addEventListener("click", () => { setPhoto($("#img-cand"), p); metaList($("#meta-cand"), p); });
-    others.append(b);
-  }
-  if (!it.others.length) others.append(el("span", { class: "muted", text: "none" }));
+  const alts = $("#alts");
+  alts.replaceChildren();
+  if (it.alternatives.length) alts.append(el("span", { class: "muted", text: "Nearest known individuals: " }));
+  it.alternatives.forEach((a, j) => {
+    const b = el("button", { type: "button", "data-alt": a.individual_id },
+      el("kbd", { text: String(j + 1) }), ` ${a.individual_id} · ${fmt(a.score)}`);
+    b.addEventListener("click", () => showCandidate(it, j));
+    alts.append(b);
+  });
+  const main = it.alternatives.findIndex((a) => a.individual_id === it.candidate_individual);
+  showCandidate(it, it.kind === "new" || main < 0 ? null : main);
   const conflict = $("#conflict");
   conflict.hidden = !it.decisions;
   conflict.replaceChildren();
@@ -172,6 +165,36 @@ function select(i) {
   showError("");
 }
 
+function showCandidate(it, j) {
+  // j: which of the item's nearest individuals is compared (null: the item's own candidate)
+  const a = j === null || j === undefined ? null : it.alternatives[j];
+  state.alt = a ? a.individual_id : null;
+  const photo = a ? a.photo : it.candidate;
+  const ind = a ? a.individual_id : it.candidate_individual || "no known individual";
+  const score = a ? a.score : it.score;
+  setPhoto($("#img-cand"), photo);
+  metaList($("#meta-cand"), photo);
+  $("#view").dataset.candidate = a ? a.individual_id : it.candidate_individual || "";
+  document.querySelectorAll("#alts button").forEach((b) => b.classList.toggle("chosen", b.dataset.alt === state.alt));
+  $("#cand-title").textContent = it.kind === "new" && !a ? `Nearest known individual: ${ind}` : `Candidate: ${ind}`;
+  $("#score-line").textContent = `score ${fmt(score)} · new below ${fmt(state.page.bounds.low)}` +
+    (it.impact > 1 ? ` · this decision moves ${it.impact} photos` : "");
+  const list = a ? a.others : it.others;
+  const count = a ? a.n_others : it.n_others;
+  $("#others-title").textContent = it.kind === "new" && !a
+    ? `The other photos of the proposed individual (${count})`
+    : `Other photos of ${ind} (${count})`;
+  const others = $("#others");
+  others.replaceChildren();
+  for (const p of list) {
+    const b = el("button", { type: "button", title: `${p.file || p.image_id} · ${p.captured_at || ""} · ${p.camera_id || ""}` },
+      el("img", { src: `/thumb/${encodeURIComponent(p.image_id)}`, alt: "another photo" }));
+    b.addEventListener("click", () => { setPhoto($("#img-cand"), p); metaList($("#meta-cand"), p); });
+    others.append(b);
+  }
+  if (!list.length) others.append(el("span", { class: "muted", text: "none" }));
+}
+
 function current() {
   return state.page && state.page.items.length ? state.page.items[state.pos] : null;
 }
@@ -182,6 +205,7 @@ async function decide(answer) {
   state.busy = true;
   try {
     const body = { item_id: it.item_id, answer, reviewer: $("#reviewer").value.trim() || null,
+                   candidate: ["same", "different", "merge"].includes(answer) ? state.alt : null,
                    name: answer === "new" || answer === "split" ? ($("#new-name").value.trim() || null) : null };
     const r = await post("/api/review", body);
     state.done.push({ review_id: r.stored.review_id, item_id: it.item_id });
@@ -264,6 +288,10 @@ document.addEventListener("keydown", (ev) => {
   const key = ev.key.toLowerCase();
   if (KEYS[key]) { ev.preventDefault(); const b = document.querySelector(`[data-answer=${KEYS[key]}]`); if (!b.disabled) decide(KEYS[key]); }
   else if (key === "k") { ev.preventDefault(); skip(); }
+  else if (/^[1-9]$/.test(key)) {
+    const it = current();
+    if (it && Number(key) <= it.alternatives.length) { ev.preventDefault(); showCandidate(it, Number(key) - 1); }
+  }
   else if (key === "u") { ev.preventDefault(); undo(); }
   else if (key === "arrowdown" || key === "j") { ev.preventDefault(); select(state.pos + 1); }
   else if (key === "arrowup") { ev.preventDefault(); select(state.pos - 1); }

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +29,9 @@ import pyarrow.compute as pc
 from reid import manifest, storage
 from reid.review.resolve import Resolution
 
-__all__ = ["KINDS", "Queue", "load_queue", "score_bounds"]
+__all__ = ["ALTERNATIVES", "KINDS", "Queue", "load_queue", "score_bounds"]
 
+ALTERNATIVES = 5  # known individuals offered per item (the query's nearest, one photo each)
 KINDS = ("conflict", "new", "batch", "uncertain", "disagreement")
 META = ("survey", "camera_id", "captured_at", "viewpoint", "individual_id")
 PROPOSAL = "new-"  # names of the model's proposed new individuals (reid.matching.group_new)
@@ -77,6 +78,7 @@ class Queue:
     meta: dict[str, dict]  # image_id -> survey, camera_id, captured_at, viewpoint, individual_id, identity
     photos: dict[str, list[str]]  # identity -> its photos
     bounds: dict
+    alternatives: dict[str, list[dict]] = field(default_factory=dict)  # query -> nearest individuals
 
     def year(self, image_id: str) -> int | None:
         """The year a new individual first seen on this photo is numbered in."""
@@ -155,15 +157,23 @@ class Queue:
         }  # fmt: skip
 
     def describe(self, it: dict) -> dict:
-        """An item with its photos' metadata and the candidate's other photos (at most 8)."""
+        """An item with its photos' metadata, the candidate's other photos (at most 8) and the
+        query's nearest known individuals (``alternatives``, each with a few of its photos)."""
         shown = {it["query"], it["candidate_image"]}
         if it["kind"] == "new":
             others = [m for m in it["members"] if m not in shown]
         else:
             others = [p for p in self.photos.get(it["candidate_individual"] or "", []) if p not in shown]
+        alternatives = []
+        for a in self.alternatives.get(it["query"], []):
+            more = [
+                p for p in self.photos.get(a["individual_id"], []) if p not in (it["query"], a["image_id"])
+            ]
+            alternatives.append({**a, "photo": self.photo(a["image_id"]), "others": [self.photo(p) for p in more[:6]],
+                                 "n_others": len(more)})  # fmt: skip
         return {
             **it, "query": self.photo(it["query"]), "candidate": self.photo(it["candidate_image"]),
-            "others": [self.photo(p) for p in others[:8]], "n_others": len(others),
+            "others": [self.photo(p) for p in others[:8]], "n_others": len(others), "alternatives": alternatives,
         }  # fmt: skip
 
 
@@ -193,8 +203,11 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
     matches = matches.sort_by([("query_id", "ascending"), ("rank", "ascending")])
     best_image: dict[tuple[str, str], str] = {}
     first_unlabelled: dict[str, tuple[str, float]] = {}
+    alternatives: dict[str, list[dict]] = collections.defaultdict(list)
     for q, n, s, ind in zip(*(matches[c].to_pylist() for c in ("query_id", "neighbor_id", "score", "neighbor_individual_id")), strict=True):  # fmt: skip
         if ind is not None:
+            if (q, ind) not in best_image and len(alternatives[q]) < ALTERNATIVES:
+                alternatives[q].append({"individual_id": ind, "image_id": n, "score": s})
             best_image.setdefault((q, ind), n)
         elif meta.get(q, {}).get("individual_id") is None:
             first_unlabelled.setdefault(q, (n, s))
@@ -252,4 +265,4 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
     items.sort(
         key=lambda it: (rank[it["kind"]], -it["impact"], abs((it["score"] or mid) - mid), it["item_id"])
     )
-    return Queue(uri, items, meta, dict(photos), bounds)
+    return Queue(uri, items, meta, dict(photos), bounds, dict(alternatives))

@@ -73,9 +73,10 @@ class ReviewDesk:
 
     def decide(
         self, item_id: str, answer: str, reviewer: str | None = None, note: str | None = None,
-        name: str | None = None,
+        name: str | None = None, candidate: str | None = None,
     ) -> dict:  # fmt: skip
-        """Record ``answer`` about a queue item; returns the stored decision."""
+        """Record ``answer`` about a queue item; returns the stored decision. ``candidate``: which
+        of the item's nearest individuals (``alternatives``) the answer is about (default: the item's)."""
         it = self.by_id.get(item_id)
         if it is None and item_id.startswith("conflict:"):
             q = item_id.split(":", 1)[1]
@@ -84,9 +85,16 @@ class ReviewDesk:
             raise ReidError(f"no queue item {item_id[:120]!r}: reload the queue")
         if answer not in ANSWERS:
             raise ReidError(f"answer {answer!r}: expected one of {', '.join(ANSWERS)}")
-        q, ind, img = it["query"], it["candidate_individual"], it["candidate_image"]
+        q, ind, img, score = it["query"], it["candidate_individual"], it["candidate_image"], it["score"]
+        if candidate is not None and candidate != ind:
+            alt = next(
+                (a for a in self.queue.alternatives.get(q, []) if a["individual_id"] == candidate), None
+            )
+            if alt is None:
+                raise ReidError(f"{candidate[:64]!r} is not one of this item's candidates")
+            ind, img, score = candidate, alt["image_id"], alt["score"]
         common = dict(
-            query_image_id=q, candidate_image_id=img, score=it["score"], reviewer=reviewer, note=note,
+            query_image_id=q, candidate_image_id=img, score=score, reviewer=reviewer, note=note,
             item_id=item_id, threshold=self.queue.bounds["low"],
         )  # fmt: skip
         proposal = ind is None or ind.startswith(PROPOSAL)

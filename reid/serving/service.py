@@ -42,6 +42,7 @@ class QueueAnswer(BaseModel):
     reviewer: str | None = Field(None, max_length=64)
     note: str | None = Field(None, max_length=500)
     name: str | None = Field(None, max_length=64)
+    candidate: str | None = Field(None, max_length=64)
 
 
 class Undo(BaseModel):
@@ -199,8 +200,8 @@ class ReviewService:
         )
 
     def review_item(self, item_id: str, answer: str, reviewer: str | None, note: str | None,
-                    name: str | None) -> dict:  # fmt: skip
-        return {"stored": self._desk().decide(item_id, answer, reviewer, note, name)}
+                    name: str | None, candidate: str | None = None) -> dict:  # fmt: skip
+        return {"stored": self._desk().decide(item_id, answer, reviewer, note, name, candidate)}
 
     def undo(self, review_id: str, reviewer: str | None) -> dict:
         return {"stored": self._desk().undo(review_id, reviewer)}
