@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,26 @@ def test_fused_scores_are_probabilities_increasing_in_each_score(method):
 def test_calibration_needs_both_kinds_of_pair():
     with pytest.raises(Exception, match="same"):
         fit(np.array([0.1, 0.2]), np.array([1.0, 2.0]), np.array([False, False]))
+
+
+def test_matched_keypoints_json_for_the_review_page_points_into_each_photo():
+    import json
+
+    from PIL import Image
+
+    from reid.local.pairs import draw_matches, matched_keypoints
+
+    big = photo(480, 360, seed=9)
+    a = jpeg_bytes(big)
+    box_b = {"x": 100.0, "y": 80.0, "w": 300.0, "h": 220.0}  # B: the same scene, asked through a bbox
+    out = matched_keypoints(a, a, None, box_b)
+    json.dumps(out)  # plain JSON
+    assert out["inliers"] >= 10 and len(out["lines"]) == min(out["inliers"], 200)
+    # a point seen in both photos is the same photo pixel: lines are (nearly) zero length
+    lines = np.array(out["lines"])
+    assert np.median(np.hypot(lines[:, 0] - lines[:, 2], lines[:, 1] - lines[:, 3])) < 3.0
+    assert (lines[:, 2] >= 100 - 1).all() and (lines[:, 2] <= 400 + 1).all()  # inside B's bbox
+    png = draw_matches(a, a, out, None, box_b, height=120)
+    assert Image.open(io.BytesIO(png)).size[1] == 120
+    with pytest.raises(Exception, match="photo B"):
+        matched_keypoints(a, b"junk")
