@@ -98,3 +98,28 @@ def test_gathered_loss_equals_single_process_loss():
         assert got[(loss, 0)][0] == pytest.approx(2 * value.item(), rel=1e-5)
         grad = torch.cat([got[(loss, 0)][1], got[(loss, 1)][1]]) / 2
         assert torch.allclose(grad, emb.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["cosface", "arcface", "subcenter_arcface"])
+def test_margin_warmup_scales_the_margin_from_plain_softmax_to_the_full_margin(loss):
+    torch.manual_seed(0)
+    crit = MetricLoss(loss, num_classes=6, embedding_dim=8, loss_params={"scale": 10.0})
+    emb, labels = torch.randn(12, 8), torch.arange(12) % 6
+    full = crit(emb, labels).item()
+    crit.scale_margin(0.0)
+    plain = crit(emb, labels).item()
+    crit.scale_margin(0.5)
+    half = crit(emb, labels).item()
+    crit.scale_margin(2.0)  # clamped: never more than the configured margin
+    assert crit(emb, labels).item() == pytest.approx(full)
+    assert plain < half < full
+    if loss == "cosface":  # no margin: cross-entropy over scale x cosine to the class weights
+        w = torch.nn.functional.normalize(crit.inner_loss().W.t(), dim=1)
+        cos = torch.nn.functional.normalize(emb, dim=1) @ w.t()
+        assert plain == pytest.approx(torch.nn.functional.cross_entropy(10.0 * cos, labels).item(), rel=1e-5)
+
+
+def test_margin_warmup_leaves_pair_losses_alone():
+    crit = MetricLoss("triplet", miner="none")
+    assert crit.full_margin is None
+    crit.scale_margin(0.0)  # nothing to scale; no error

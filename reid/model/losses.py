@@ -235,6 +235,22 @@ class MetricLoss(nn.Module):
             mp.setdefault("loss_margin", loss_params["margin"])
         self.miner = create_miner(self.miner_name, self.distance, self.loss_name, **mp)
         self._wrapped = False
+        # the configured margin in the loss's own unit (ArcFace: radians, once PML converted degrees)
+        self.full_margin = (
+            float(self.inner_loss().margin) if self.loss_name in CLASSIFICATION_LOSSES else None
+        )
+
+    def scale_margin(self, fraction: float) -> None:
+        """Margin losses: apply ``fraction`` (0-1) of the configured margin (a margin warm-up).
+
+        From random initialisation every class sits at cosine ~0, where the full margin holds the
+        loss at its chance level (about scale x margin + ln(classes)) and gives the network little
+        to follow; when it escapes that plateau then depends on noise (a rounding difference in
+        decoding moved it by ~15 epochs). Ramping the margin up from 0 starts from a plain
+        normalised softmax, which learns at once, and reaches the margin the recipe asked for.
+        """
+        if self.full_margin is not None:
+            self.inner_loss().margin = self.full_margin * min(1.0, max(0.0, fraction))
 
     def _wrap(self) -> None:
         """Swap in PML's distributed wrappers once torch.distributed is up (pair losses only)."""

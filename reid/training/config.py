@@ -67,6 +67,11 @@ class TrainConfig(Settings):
     lr_loss: float = Field(1e-2, ge=0, description="loss parameters (ArcFace weight matrix)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(1.0, ge=0, description="linear learning-rate warm-up, in epochs")
+    margin_warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="margin losses: ramp the margin up from 0 over this many epochs (from scratch: 3)",
+    )
     freeze_epochs: float = Field(
         0.0, ge=0, description="pretrained backbones: train only the head and loss for this many epochs first"
     )

@@ -51,8 +51,8 @@ class Session:
         import torch
         from torch.utils.data import DataLoader
 
-        from reid import transforms
         from reid.data import sampler
+        from reid.images import transforms
         from reid.model import losses
         from reid.model.network import create_model
 
@@ -115,6 +115,7 @@ class Session:
             for g in param_groups
         ]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
+        self.margin_warmup_steps = int(cfg.margin_warmup_epochs * steps)
         self.amp = bool(cfg.amp if cfg.amp is not None else cuda) and cuda
         # bf16 where the GPU has it (no loss scaling needed), else fp16 with a GradScaler.
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
@@ -184,6 +185,8 @@ class Session:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             frozen = self.backbone_frozen()
+            if self.margin_warmup_steps:  # by the global step, so a resumed run continues the ramp
+                self.criterion.scale_margin(self.scheduler.last_epoch / self.margin_warmup_steps)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 if frozen and not _distributed(self.world):
                     with torch.no_grad():  # nothing to learn there: skip the backbone's backward pass
