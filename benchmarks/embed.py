@@ -31,14 +31,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from reid import imageio, jpegroi, manifest  # noqa: E402
+from reid import manifest  # noqa: E402
 from reid.allocator import keep_freed_memory  # noqa: E402
 from reid.archive import ArchiveWriter, iter_rows  # noqa: E402
+from reid.images import imageio, jpegroi  # noqa: E402
+from reid.images.preprocess import decode_for_model, resize_square  # noqa: E402
+from reid.images.transforms import eval_transform  # noqa: E402
 from reid.model.network import create_model  # noqa: E402
 from reid.model.package import load_package, save_package  # noqa: E402
 from reid.model.spec import ModelSpec  # noqa: E402
-from reid.preprocess import decode_for_model, resize_square  # noqa: E402
-from reid.transforms import eval_transform  # noqa: E402
 
 
 def make_photo(rng: np.random.Generator, w: int = 1024, h: int = 768) -> bytes:
@@ -150,7 +151,7 @@ def bench(args, root: str) -> None:
     # With the cores shared between decoding and the forward pass, at most
     # 1 / (1 + ceiling / (cores * decode rate)) of the ceiling is reachable.
     # Beside it, the same decode through Pillow's whole-file draft mode (what the job did before
-    # region-of-interest decoding, reid.jpegroi), for the figure of what the window saves.
+    # region-of-interest decoding, reid.images.jpegroi), for the figure of what the window saves.
     rows = list(islice(iter_rows(f"{root}/archive", columns=["image", "bbox"]), 64))
     t0 = time.perf_counter()
     for r in rows:
@@ -213,7 +214,7 @@ def bench(args, root: str) -> None:
         f"region decoder {'on' if jpegroi.available() else 'NOT BUILT'})"
     )
     print(
-        f"{'whole-file draft decode, one core':32s} {whole_rate:8.1f} img/s   (Pillow, before reid.jpegroi)"
+        f"{'whole-file draft decode, one core':32s} {whole_rate:8.1f} img/s   (Pillow, before reid.images.jpegroi)"
     )
     print(f"job/ceiling = {job / ceiling:.2f} (goal >= 0.8)   job/plain = {job / plain:.2f} (goal >= 1.3)")
     print(

@@ -202,10 +202,10 @@ def _ceiling(model: torch.nn.Module, batch: int, px: int, device: torch.device, 
 
 def step_embed(s: dict, work: Path) -> dict:
     from jobs import embed
+    from reid.images.preprocess import decode_for_model
     from reid.model.network import create_model
     from reid.model.package import load_package, save_package
     from reid.model.spec import ModelSpec
-    from reid.preprocess import decode_for_model
 
     archive, photos, bboxes = _photo_archive(work, s["embed_rows"], s["embed_photo"], s["embed_pool"])
     spec = ModelSpec(backbone=s["embed_backbone"], embedding_dim=512, input_size=s["embed_px"])
@@ -253,7 +253,7 @@ def step_decode(s: dict, work: Path) -> dict:
     from torchvision.io import decode_jpeg
     from torchvision.transforms.v2.functional import resize
 
-    from reid.preprocess import decode_for_model
+    from reid.images.preprocess import decode_for_model
 
     make_photo, make_bbox = _photo_maker()
     rng = np.random.default_rng(1)

@@ -29,8 +29,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from reid import imageio
 from reid.errors import ConfigError, ReidError
+from reid.images import imageio
 from reid.review.resolve import ID_FORMAT
 from reid.serving.guard import SAFE_METHODS, HostGuard, parse_authority
 from reid.serving.service import Decision, HttpError, QueueAnswer, ReviewService, Undo

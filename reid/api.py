@@ -1,7 +1,7 @@
 """A notebook API in the shape wildlife-tools users know: a pandas DataFrame in, an array out.
 
 No job, no Ray: the model runs in this process, with the preprocessing its package records
-(the same :mod:`reid.preprocess` halves `reid embed` uses, so the vectors agree)::
+(the same :mod:`reid.images.preprocess` halves `reid embed` uses, so the vectors agree)::
 
     from reid import api
     df = api.read_frame("metadata.csv")                  # any ingest format, as a DataFrame
@@ -87,7 +87,7 @@ def _batches(
     items: Iterator[tuple[bytes | None, dict | None, str]], size: int, batch: int
 ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
     """Decoded uint8 batches: (row positions, pixels, failures (position, reason))."""
-    from reid.preprocess import decode_for_model
+    from reid.images.preprocess import decode_for_model
 
     pos, pix, bad = [], [], []
     for i, (data, bbox, error) in enumerate(items):
@@ -115,7 +115,7 @@ def _embed(
 ) -> np.ndarray:
     import torch
 
-    from reid.preprocess import normalize
+    from reid.images.preprocess import normalize
 
     if on_error not in ("raise", "nan"):
         raise ReidError(f"on_error {on_error!r}: use 'raise' or 'nan'")

@@ -83,7 +83,7 @@ def read_row_group(file: str, row_group: int, columns: list[str], optional: bool
 
 def decode_units(batch: dict, size: int) -> dict:
     """A batch of unit descriptors -> decoded uint8 pixels of their images (rejects: blank + reason)."""
-    from reid.preprocess import decode_for_model
+    from reid.images.preprocess import decode_for_model
 
     ids, units, pixels, reasons = [], [], [], []
     blank = np.zeros((size, size, 3), np.uint8)
@@ -108,7 +108,7 @@ def decode_units(batch: dict, size: int) -> dict:
 def check_region_decoder() -> None:
     """Say so when JPEGs will be decoded whole: in each actor's log (Ray keeps actors' output in
     its session logs), and once in the driver for its own machine, which a local Ray's actors share."""
-    from reid import jpegroi
+    from reid.images import jpegroi
 
     if not jpegroi.available():
         import logging
@@ -151,7 +151,7 @@ class Embedder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from reid.preprocess import normalize
+        from reid.images.preprocess import normalize
 
         ok = batch["reason"] == ""
         n, d = len(ok), self.spec.embedding_dim

@@ -27,11 +27,12 @@ from collections.abc import Iterator
 
 from PIL import Image
 
-from reid import formats, imageio, storage
+from reid import formats, storage
 from reid.archive import row_too_big, stable_id
 from reid.errors import ReidError
 from reid.formats import FORMATS, ReadOptions
 from reid.formats.base import Candidate
+from reid.images import imageio
 from reid.schema import individual_or_none
 
 __all__ = [

@@ -72,7 +72,8 @@ def served(tmp_path_factory) -> dict[str, str]:
 
 def known_photo(archive_uri: str, labelled: bool = True) -> tuple[str, str | None, bytes]:
     """(image_id, individual_id, PNG bytes): an archive photo cropped exactly as the embed job did."""
-    from reid import archive, imageio
+    from reid import archive
+    from reid.images import imageio
 
     for row in archive.iter_rows(archive_uri, columns=["image_id", "image", "bbox", "individual_id"]):
         if labelled and row["individual_id"] is None:

@@ -13,10 +13,10 @@ from jobs.ingest import IngestConfig
 from jobs.ingest import run as ingest_run
 from reid import api
 from reid.errors import ReidError
+from reid.images.preprocess import decode_for_model, normalize
 from reid.model.network import create_model
 from reid.model.package import save_package
 from reid.model.spec import ModelSpec
-from reid.preprocess import decode_for_model, normalize
 from tests.test_formats import write_coco, write_megadetector
 
 

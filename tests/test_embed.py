@@ -11,10 +11,10 @@ from jobs.ingest import run as ingest
 from reid import archive, manifest, storage
 from reid.archive import ArchiveWriter
 from reid.errors import ReidError
+from reid.images.transforms import preprocess
 from reid.model.network import create_model
 from reid.model.package import load_package, save_package
 from reid.model.spec import ModelSpec
-from reid.transforms import preprocess
 from tests.images import bad_folder, jpeg_bytes, photo
 
 pytestmark = pytest.mark.ray

@@ -15,7 +15,8 @@ import pytest
 from jobs.export import ExportConfig, run
 from jobs.ingest import IngestConfig
 from jobs.ingest import run as ingest_run
-from reid import archive, imageio, manifest, matching, review, storage
+from reid import archive, manifest, matching, review, storage
+from reid.images import imageio
 from tests.servedata import served  # noqa: F401, F811 - the fixture, built once per session
 from tests.test_formats import write_camtrapdp, write_coco
 

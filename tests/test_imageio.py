@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reid import imageio
+from reid.images import imageio
 from tests.images import jpeg_bytes, photo, png_bomb
 
 
@@ -71,7 +71,7 @@ def test_exif_capture_time():
     assert imageio.capture_time(b"junk") is None
 
 
-# Region-of-interest decoding (reid.jpegroi): only the crop's window of a JPEG is decoded.
+# Region-of-interest decoding (reid.images.jpegroi): only the crop's window of a JPEG is decoded.
 
 
 def _smooth_photo(w: int = 640, h: int = 480, seed: int = 3) -> Image.Image:
@@ -86,7 +86,7 @@ def _smooth_photo(w: int = 640, h: int = 480, seed: int = 3) -> Image.Image:
 
 
 def test_region_decoder_is_built():
-    from reid import jpegroi
+    from reid.images import jpegroi
 
     assert jpegroi.available(), "reid/_jpegroi was not built: `make setup` (pip install -e .) builds it"
 
@@ -135,7 +135,7 @@ def test_region_decode_of_damaged_jpegs():
     roi = imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64)
     assert roi.reason.startswith("truncated")
     assert roi.reason == imageio.decode(cut, bbox=(0, 300, 200, 150), target_size=64, roi=False).reason
-    from reid import jpegroi
+    from reid.images import jpegroi
 
     _, status, msg = jpegroi.decode_window(cut, 2, (0, 150, 100, 75), fast=True)
     assert status == jpegroi.TRUNCATED and "end of JPEG" in msg

@@ -8,8 +8,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from jobs.ingest import IngestConfig, run
-from reid import archive, imageio, manifest
+from reid import archive, manifest
 from reid.errors import ReidError
+from reid.images import imageio
 from tests.images import bad_folder, jpeg_bytes, photo
 
 

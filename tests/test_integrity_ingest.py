@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from jobs.ingest import IngestConfig, run
-from reid import archive, imageio, ingest, jpegroi, manifest
+from reid import archive, ingest, manifest
+from reid.images import imageio, jpegroi
 from reid.schema import UNLABELLED_NAMES, individual_or_none
 from tests.images import jpeg_bytes, photo
 

@@ -184,7 +184,7 @@ def test_saturated_decoder_answers_503(server):
 
 
 def test_upload_pixel_cap_is_lower_than_the_archive_cap(server):
-    from reid import imageio
+    from reid.images import imageio
 
     app, _, port = server
     assert app.state.config.max_pixels == UPLOAD_PIXELS < imageio.MAX_PIXELS

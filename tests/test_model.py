@@ -12,10 +12,10 @@ from PIL import Image
 
 from reid import storage
 from reid.errors import ConfigError, ReidError
+from reid.images.transforms import eval_transform, preprocess, train_transform
 from reid.model.network import create_model
 from reid.model.package import load_package, read_spec, save_package
 from reid.model.spec import ModelSpec, validate_spec
-from reid.transforms import eval_transform, preprocess, train_transform
 
 TINY = "resnet10t"
 

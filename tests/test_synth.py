@@ -15,7 +15,7 @@ from PIL import Image
 from jobs.synth import SynthJobConfig, run
 from reid import archive, manifest
 from reid.errors import ConfigError
-from reid.imageio import decode
+from reid.images.imageio import decode
 from reid.schema import validate_archive
 from reid.synthetic.render import Sprites
 from reid.synthetic.scenes import generate

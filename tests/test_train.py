@@ -58,12 +58,12 @@ def small_archive(tmp_path_factory):
 
 def test_split_cache_and_validation_pixels(tmp_path, small_archive):
     """Identity-disjoint hold-out; the cache keeps every row or names why not; validation pixels
-    are exactly what the embed job feeds the model (reid.preprocess)."""
+    are exactly what the embed job feeds the model (reid.images.preprocess)."""
     from reid.data import trainval
     from reid.data.cache import ensure_cache
     from reid.data.dataset import CachedImages
     from reid.data.labels import read_labels
-    from reid.preprocess import decode_for_model
+    from reid.images.preprocess import decode_for_model
 
     labels = read_labels(small_archive)
     split = trainval.make_split(labels, val_fraction=0.25, seed=0, min_train_images=2)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from reid import archive, storage
 from reid.errors import ConfigError
-from reid.imageio import decode
+from reid.images.imageio import decode
 
 __all__ = ["CACHE_SCHEMA", "CACHE_VERSION", "CacheInfo", "cache_key", "ensure_cache", "square_pixels"]
 

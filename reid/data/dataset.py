@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from reid.errors import ReidError
-from reid.imageio import decode
+from reid.images.imageio import decode
 
 __all__ = ["CachedImages"]
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from reid import archive, imageio, storage
+from reid import archive, storage
+from reid.images import imageio
 from reid.search import population
 
 __all__ = [

@@ -15,8 +15,9 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from reid import imageio, storage
+from reid import storage
 from reid.errors import ReidError
+from reid.images import imageio
 
 __all__ = [
     "Candidate",

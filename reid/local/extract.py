@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from reid.errors import ConfigError
-from reid.imageio import decode
+from reid.images.imageio import decode
 
 __all__ = [
     "EXTRACTORS",

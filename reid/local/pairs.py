@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reid.errors import ReidError
-from reid.imageio import decode
+from reid.images.imageio import decode
 from reid.local.extract import ExtractorSettings, Features, create_extractor
 from reid.local.match import Matcher, MatcherSettings
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 from PIL import Image
 
-from reid import archive, imageio, manifest, storage
+from reid import archive, manifest, storage
 from reid.errors import ReidError
+from reid.images import imageio
 
 if TYPE_CHECKING:
     from reid.search.index_store import IndexInfo

@@ -79,10 +79,10 @@ class Matcher:
     # -- queries
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [S, S, 3] (from reid.preprocess.decode_for_model) -> L2-normalised [1, d]."""
+        """uint8 [S, S, 3] (from reid.images.preprocess.decode_for_model) -> L2-normalised [1, d]."""
         import torch
 
-        from reid.preprocess import normalize
+        from reid.images.preprocess import normalize
 
         with torch.inference_mode():
             x = normalize(pixels[None].copy(), self.spec.mean, self.spec.std, self.device)
@@ -151,7 +151,7 @@ class Matcher:
 
     def archive_pixels(self, image_id: str) -> tuple[np.ndarray | None, str | None]:
         """An archive photo decoded for the model, or None and the reason."""
-        from reid.preprocess import decode_for_model
+        from reid.images.preprocess import decode_for_model
 
         row = self.archive.get(image_id)
         return decode_for_model(row["image"], row["bbox"], self.spec.input_size)

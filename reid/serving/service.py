@@ -120,7 +120,7 @@ class ReviewService:
 
     def query_upload(self, data: bytes, t0: float) -> dict:
         """An uploaded photo's candidates: header checks, decode under the budget, embed, search."""
-        from reid.preprocess import decode_for_model
+        from reid.images.preprocess import decode_for_model
 
         try:
             fmt, w, h = check_upload(data, self.cfg.max_pixels)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from reid.imageio import decode
+from reid.images.imageio import decode
 from reid.model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 

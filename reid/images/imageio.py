@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from reid import jpegroi
+from reid.images import jpegroi
 
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 _EXIF_ORIENTATION = 0x0112
@@ -198,7 +198,7 @@ def jpeg_damage(data: bytes) -> str | None:
     """A reject reason when libjpeg warns about a JPEG's data (corrupt, premature end), else None.
 
     Pillow decodes such files without a word (the missing or garbled blocks become invented
-    pixels), so ingest asks libjpeg itself through reid.jpegroi; without that library built,
+    pixels), so ingest asks libjpeg itself through reid.images.jpegroi; without that library built,
     Pillow's verdict stands. Non-JPEG data is not checked here.
     """
     if not data.startswith(b"\xff\xd8"):
@@ -230,7 +230,7 @@ def _stored_box(box, orient: int, w0: int, h0: int) -> tuple[float, float, float
 
 
 def _decode_window(data: bytes, box, orient: int, size: tuple[int, int], denom: int) -> Decoded | None:
-    """The crop through reid.jpegroi as an upright RGB image, or None to decode with Pillow."""
+    """The crop through reid.images.jpegroi as an upright RGB image, or None to decode with Pillow."""
     w0, h0 = size
     ow, oh = jpegroi.scaled_size(w0, h0, denom)
     sx0, sy0, sx1, sy1 = _stored_box(box, orient, w0, h0)

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reid import imageio
+from reid.images import imageio
 
 
 def resize_square(img: Image.Image, size: int) -> np.ndarray:
     """Resize the (cropped) animal to ``size`` x ``size`` (whole crop kept, aspect squashed)."""
     if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC)  # as reid.transforms.eval_transform
+        img = img.resize((size, size), Image.Resampling.BICUBIC)  # as reid.images.transforms.eval_transform
     return np.asarray(img, dtype=np.uint8)
 
 
