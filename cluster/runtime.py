@@ -59,6 +59,18 @@ def task_env() -> dict:
     return {"env_vars": storage_env(include_secrets=False)}
 
 
+def worker_env(gpu: bool) -> dict:
+    """runtime_env of a compute worker (model actors, training workers): :func:`task_env`, and on
+    CPU the allocator settings that keep activations in the heap between batches
+    (reid/allocator.py: they must be in place when the process starts)."""
+    from reid.allocator import process_env
+
+    env = task_env()
+    if not gpu:
+        env["env_vars"] = {**env.get("env_vars", {}), **process_env()}
+    return env
+
+
 def forward_credentials_requested() -> bool:
     return os.environ.get(FORWARD_CREDENTIALS, "").strip().lower() in ("1", "true", "yes")
 

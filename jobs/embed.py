@@ -35,7 +35,7 @@ from jobs.common import (
 )
 from jobs.registry import RAY, Job, add_job
 from reid import archive, manifest, storage
-from reid.errors import ConfigError, ReidError
+from reid.errors import ReidError
 from reid.inference import (
     REJECTS_DIR,
     DecodeEmbedder,
@@ -100,47 +100,6 @@ def _check_output(cfg: EmbedConfig, model_id: str) -> None:
             )
 
 
-def _resources(cfg: EmbedConfig) -> dict:
-    import ray
-
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    gpa = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
-    inline = cfg.inline_decode if cfg.inline_decode is not None else gpa == 0
-    # An actor lives on one node: never ask for more CPUs than the biggest node has.
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-    threads = cfg.threads
-    if gpa > 0:
-        actors = cfg.actors or max(1, int(gpus // gpa))
-        cpa = cfg.cpus_per_actor or 1.0
-    elif inline:
-        # CPU-only: one actor per `threads` CPUs, decoding and embedding its own units (at most
-        # 16 actors by default: big nodes give each actor more threads instead of more copies).
-        threads = threads or max(1, int(cpus // 16))
-        cpa = cfg.cpus_per_actor or float(min(threads, node_cpus))
-        actors = cfg.actors or max(1, int(cpus // cpa))
-    else:
-        # CPU inference fed by decode actors: few actors, several threads each.
-        actors = cfg.actors or max(1, int(cpus // 8))
-        cpa = cfg.cpus_per_actor or max(0.5, min(4.0, node_cpus, (cpus - cfg.decode_cpus) / actors))
-    threads = threads or max(1, int(round(cpus / actors)))
-    decode_cpus = 0.0 if inline else cfg.decode_cpus
-    if actors * cpa + decode_cpus > cpus + 1e-9:
-        raise ConfigError(
-            f"{actors} actor(s) x {cpa} CPU + {decode_cpus} CPU per decode actor needs more than the "
-            f"cluster's {cpus:g} CPUs: some would never start; lower --actors or --cpus-per-actor"
-        )
-    return {
-        "actors": actors,
-        "cpus_per_actor": cpa,
-        "gpus_per_actor": gpa,
-        "threads": threads,
-        "inline_decode": inline,
-        "cluster_cpus": cpus,
-        "cluster_gpus": gpus,
-    }
-
-
 def run(cfg: EmbedConfig) -> dict:
     """Embed every valid archive row exactly once; returns the summary."""
     from reid.model.package import load_package
@@ -186,26 +145,17 @@ def run(cfg: EmbedConfig) -> dict:
     return summary
 
 
-def _model_actor_env(res: dict) -> dict:
-    """runtime_env of the model actors: storage variables, and on CPU the allocator settings that
-    keep activations in the heap between batches (reid/allocator.py; they must be set at start)."""
-    from cluster.runtime import task_env
-    from reid.allocator import process_env
-
-    env = task_env()
-    if res["gpus_per_actor"] == 0:
-        env["env_vars"] = {**env.get("env_vars", {}), **process_env()}
-    return env
-
-
 def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, dict]:
     import ray
 
-    from cluster.runtime import connect, task_env
+    from cluster.actors import embed_actors
+    from cluster.runtime import connect, task_env, worker_env
 
     connect(cfg.address, num_cpus=cfg.num_cpus)
     check_region_decoder()
-    res = _resources(cfg)
+    res = embed_actors(
+        cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, cfg.threads, cfg.decode_cpus, cfg.inline_decode
+    )
     res["actors"] = min(res["actors"], len(todo))  # an actor per unit at most: none sits idle
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -236,7 +186,9 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
         compute=ray.data.ActorPoolStrategy(
             size=res["actors"], max_tasks_in_flight_per_actor=2 if res["inline_decode"] else None
         ),
-        runtime_env=_model_actor_env(res),  # Ray Data restarts dead actors and retries their tasks
+        runtime_env=worker_env(
+            gpu=res["gpus_per_actor"] > 0
+        ),  # Ray Data restarts dead actors and retries their tasks
     )
     pending: dict[str, dict[str, tuple]] = defaultdict(dict)
     n_ok = n_bad = 0

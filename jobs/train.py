@@ -27,7 +27,6 @@ from typing import Any
 from jobs.common import check_locations, options_error
 from jobs.registry import Flag, Job, add_job, key_values
 from reid import archive, manifest, storage
-from reid.allocator import process_env
 from reid.data.cache import ensure_cache
 from reid.errors import ConfigError
 from reid.progress import follow_epochs, progress
@@ -183,7 +182,7 @@ def run(cfg: TrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.runtime import connect, storage_env
+    from cluster.runtime import connect, worker_env
 
     started = manifest.now()
     t0 = time.perf_counter()
@@ -226,9 +225,7 @@ def run(cfg: TrainConfig) -> dict:
             # local Ray's workers inherit them; cluster nodes use their role, see cluster/runtime.py);
             # on CPU, activations stay in the heap between steps (reid/allocator.py: the training
             # loop runs on a worker thread, so the settings must be in place at process start).
-            worker_runtime_env={
-                "env_vars": {**storage_env(include_secrets=False), **({} if gpu else process_env())}
-            },
+            worker_runtime_env=worker_env(gpu),
         ),
     )
     with follow_epochs(storage.join(cfg.out, HISTORY), cfg.epochs, ("loss", f"val_{cfg.monitor}")):
