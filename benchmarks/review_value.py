@@ -1,11 +1,12 @@
 """How much an hour of review buys: wrong identities in the capture history before and after a
 reviewer works through the first N items of the review queue (N = 0, 10, 25, 50, 100).
 
-    python benchmarks/review_value.py [--work DIR] [--model MODEL] [--figure docs/images/review_value.png]
+    python benchmarks/review_value.py [--work DIR] [--train | --model MODEL] [--figure docs/images/review_value.png]
 
 On a synthetic survey (ground truth known; `reid synth`, most photos unlabelled) the real jobs run
-once: embed (an untrained resnet10t by default, as the tests use; ``--model`` for e.g. the demo's
-briefly trained one), index, all-vs-all match. The review queue of that match output
+once: embed (an untrained resnet10t by default, as the tests use; ``--train``: the demo's briefly
+trained reid_cnn_s, trained here on the survey's labelled photos; ``--model``: any), index,
+all-vs-all match. The review queue of that match output
 (:mod:`reid.review.queue`, in its order) is then answered by a reviewer simulated from the truth:
 ``same`` when the query shows the candidate or one of the item's other nearest individuals (the
 page offers up to five, keys 1-5), ``new`` (its true group members only) when it shows an
@@ -26,6 +27,7 @@ import argparse
 import collections
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,16 +44,22 @@ from reid.synthetic.truth import read_truth  # noqa: E402
 
 SURVEY = dict(individuals=40, years=3, images_per_individual=6, image_size=96, seed=7, unlabeled_fraction=0.6)
 STEPS = (0, 10, 25, 50, 100)
+TRAIN = ["--epochs", "6", "--steps-per-epoch", "20"]  # as scripts/demo.sh
 ID_FORMAT = "REV-{year}-{n:04d}"
 
 
-def build(work: Path, model: str | None) -> dict[str, str]:
-    """synth -> (untrained model) -> embed -> index -> match, each skipped when committed."""
+def build(work: Path, model: str | None, train: bool) -> dict[str, str]:
+    """synth -> (untrained or demo-trained model) -> embed -> index -> match, each skipped when committed."""
     p = {k: str(work / k) for k in ("archive", "model", "embeddings", "index", "matches")}
     if not (work / "archive" / "_manifest.json").exists():
         synth.run(synth.SynthJobConfig(out=p["archive"], **SURVEY))
     if model:
         p["model"] = model
+    elif train:  # the demo's recipe (scripts/demo.sh): a few minutes of CPU on the labelled photos
+        if not (work / "model" / "_manifest.json").exists():
+            cmd = [str(REPO / ".venv" / "bin" / "reid"), "train", p["archive"], "--out", p["model"], "--config",
+                   str(REPO / "configs" / "synth-cnn.toml"), *TRAIN]  # fmt: skip
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     elif not (work / "model" / "model.json").exists():
         import torch
 
@@ -93,37 +101,53 @@ def score(matches: str, truth: dict[str, str]) -> dict:
 
 
 def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: str) -> collections.Counter:
-    """Answer the queue's first ``n`` items as a reviewer who knows the truth would."""
+    """Answer the queue's first ``n`` items as a reviewer who knows the truth would, each the
+    question its kind asks (``new``/``uncertain``: who is this? ``batch``: are these two one
+    animal? ``disagreement``: is the label wrong?)."""
     minted: dict[str, str] = {}  # animal -> the id its first "new" decision minted
     answers: collections.Counter[str] = collections.Counter()
+
+    def record(answer: str, decision: str, **fields) -> None:
+        rec = review.record(folder, decision, None, reviewer="simulated", name_new=False, **fields)
+        answers[answer] += 1
+        if decision == "new" and not fields.get("individual_id"):  # the id it got, typed again later
+            log = review.read_reviews("", folder=review.reviews_uri(folder))
+            minted[truth[fields["query_image_id"]]] = resolve(log, ID_FORMAT).minted[rec["review_id"]]
+
     for it in queue.items[:n]:
-        q, ind, img = it["query"], it["candidate_individual"], it["candidate_image"]
+        q, ind, img, kind = it["query"], it["candidate_individual"], it["candidate_image"], it["kind"]
         animal = truth[q]
-        base = dict(query_image_id=q, candidate_image_id=img, score=it["score"], reviewer="simulated",
-                    item_id=it["item_id"], name_new=False)  # fmt: skip
+        base = dict(query_image_id=q, item_id=it["item_id"])
+        shown = dict(candidate_image_id=img, score=it["score"])
         known = ind if ind and not ind.startswith(PROPOSAL) else None
         alt = next((x for x in queue.alternatives.get(q, []) if x["individual_id"] == animal), None)
-        if known and known == animal:
-            answer = "same"
-            review.record(folder, "same", None, individual_id=known, **base)
-        elif alt is not None:  # the right one is among the item's other nearest individuals
-            answer = "same (another candidate)"
-            base.update(candidate_image_id=alt["image_id"], score=alt["score"])
-            review.record(folder, "same", None, individual_id=animal, **base)
-        elif animal not in labelled:
-            answer = "new"  # an animal no label names: its photos in view, under one name
-            group = [m for m in [*it["members"], img] if m and m != q and truth.get(m) == animal]
-            rec = review.record(folder, "new", None, individual_id=minted.get(animal), members=group,
-                                year=queue.year(q), **base)  # fmt: skip
-            if animal not in minted:  # the id it got, typed again when the animal comes back
-                log = review.read_reviews("", folder=review.reviews_uri(folder))
-                minted[animal] = resolve(log, ID_FORMAT).minted[rec["review_id"]]
-        elif known or img:
-            answer = "different"
-            review.record(folder, "different", None, individual_id=known, **base)
+        if kind == "batch":
+            if truth.get(img) != animal:
+                record("different", "different", individual_id=None, **base, **shown)
+            elif known == animal:
+                record("same", "same", individual_id=known, **base, **shown)
+            elif known is None and animal not in labelled:
+                record(
+                    "new", "new", individual_id=minted.get(animal), members=[img], year=queue.year(q), **base
+                )
+            else:
+                answers["skip"] += 1  # one animal, but the pair's identity is not the one to confirm
+        elif kind == "disagreement":
+            record(
+                "different", "different", individual_id=known, **base, **shown
+            )  # synthetic labels are right
+        elif known == animal:
+            record("same", "same", individual_id=known, **base, **shown)
+        elif alt is not None:  # the right one is another of the item's nearest individuals (keys 1-5)
+            record("same (another candidate)", "same", individual_id=animal, candidate_image_id=alt["image_id"],
+                   score=alt["score"], **base)  # fmt: skip
+        elif animal not in labelled:  # an animal no label names: its photos in view, one name
+            group = [m for m in it["members"] if m != q and truth[m] == animal]
+            record("new", "new", individual_id=minted.get(animal), members=group, year=queue.year(q), **base)
+        elif known:
+            record("different", "different", individual_id=known, **base, **shown)
         else:
-            answer = "skip"  # nothing to compare with
-        answers[answer] += 1
+            answers["skip"] += 1  # nothing to compare with
     return answers
 
 
@@ -131,13 +155,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/reid-review-value"))
     ap.add_argument("--model", help="a model package (default: an untrained resnet10t)")
+    ap.add_argument(
+        "--train", action="store_true", help="train the demo's model first (reid_cnn_s, 6 x 20 steps)"
+    )
     ap.add_argument("--figure", type=Path, help="write the figure (PNG) here")
+    ap.add_argument(
+        "--compare", action="append", help="another run's WORK/result.json, drawn on the same figure"
+    )
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     a.work.mkdir(parents=True, exist_ok=True)
     connect(None, num_cpus=2)
     try:
-        p = build(a.work, a.model)
+        p = build(a.work, a.model, a.train)
         truth_t = read_truth(p["archive"])
         truth = dict(zip(truth_t["image_id"].to_pylist(), truth_t["individual_id"].to_pylist(), strict=True))
         labelled = {t for t, lab in zip(truth.values(), truth_t["labeled"].to_pylist(), strict=True) if lab}
@@ -156,33 +186,43 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(results[-1]), file=sys.stderr)
     finally:
         shutdown()
-    if a.figure:
-        a.figure.parent.mkdir(parents=True, exist_ok=True)
-        a.figure.write_bytes(figure(results, len(queue.items)))
     kinds = dict(collections.Counter(it["kind"] for it in queue.items))
-    print(json.dumps({"survey": SURVEY, "queue_items": len(queue.items), "queue_kinds": kinds, "results": results,
-                      "wall_s": round(time.perf_counter() - t0, 1)}))  # fmt: skip
+    label = "demo-trained model" if a.train else (f"model {a.model}" if a.model else "untrained model")
+    out = {"survey": SURVEY, "model": label, "queue_items": len(queue.items), "queue_kinds": kinds,
+           "results": results, "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    (a.work / "result.json").write_text(json.dumps(out))
+    if a.figure:
+        runs = [out] + [json.loads(Path(c).read_text()) for c in a.compare or []]
+        a.figure.parent.mkdir(parents=True, exist_ok=True)
+        a.figure.write_bytes(figure(runs))
+    print(json.dumps(out))
 
 
-def figure(results: list[dict], queue_items: int) -> bytes:
-    """Wrong identities and wrong photos against the number of items reviewed (PNG bytes)."""
+def figure(runs: list[dict]) -> bytes:
+    """Wrong photos and wrong identities against the queue items reviewed, one line per run (PNG)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 3.6), dpi=120)
+    fig = Figure(figsize=(7.2, 3.6), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    n = [r["reviewed"] for r in results]
-    ax.plot(n, [100 * r["wrong_identities"] for r in results], "o-", label="wrong identities (rows)")
-    ax.plot(n, [100 * r["wrong_photos"] for r in results], "s--", label="wrong photos")
-    ax.set_xlabel(f"queue items reviewed (of {queue_items})")
-    ax.set_ylabel("% of the capture history")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("How much review buys (synthetic survey, untrained model)", fontsize=10)
+    axes = fig.subplots(1, 2)
+    for run, colour in zip(runs, ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        n = [r["reviewed"] for r in run["results"]]
+        label = f"{run['model']} ({run['queue_items']} in queue)"
+        axes[0].plot(n, [100 * r["wrong_photos"] for r in run["results"]], "o-", color=colour, label=label)
+        axes[1].plot(
+            n, [100 * r["wrong_identities"] for r in run["results"]], "o-", color=colour, label=label
+        )
+    for ax, title in zip(axes, ("photos in the wrong identity", "identities mixed or repeated"), strict=True):
+        ax.set_xlabel("queue items reviewed")
+        ax.set_ylabel("%")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("How much review buys: capture history of a 3-year synthetic survey", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

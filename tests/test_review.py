@@ -179,11 +179,11 @@ def test_queue_order_filters_paging_and_decided(tmp_path):
     page = q.page(limit=50)
     kinds = [it["kind"] for it in page["items"]]
     assert kinds[0] == "new" and page["items"][0]["impact"] == 2  # the proposed individual first
-    assert kinds == ["new", "batch", "uncertain", "uncertain", "disagreement"]  # u3 scores above the band
+    assert kinds == ["new", "uncertain", "uncertain", "batch", "disagreement"]  # u3 scores above the band
     assert page["items"][-1]["query"]["image_id"] == "l2"  # labelled A, put with B
     new = page["items"][0]
     assert new["query"]["image_id"] == "u4" and [o["image_id"] for o in new["others"]] == ["u5"]
-    batch = page["items"][1]
+    batch = page["items"][3]
     assert batch["item_id"] == "batch:u1|u3" and batch["candidate"]["image_id"] == "u3"
     # filters: survey, camera, dates (of the query photo); paging
     assert {it["query"]["image_id"] for it in q.page(survey="2022", limit=50)["items"]} == {"u1", "u2"}

@@ -5,8 +5,10 @@ score is to the threshold):
 
 ``conflict``      reviewers disagree about a photo (:mod:`reid.review.resolve`): settle it first
 ``new``           a proposed new individual (a group of unlabelled photos no known one matched)
-``batch``         two unlabelled photos of this batch that match each other but got different identities
 ``uncertain``     an unlabelled photo matched to a known individual with a score between the bounds
+                  (either answer changes its identity: confirmed, or re-decided without the candidate)
+``batch``         two unlabelled photos of this batch that match each other but got different identities
+                  (only "same" changes anything: the two become one individual)
 ``disagreement``  a labelled photo the model puts with another individual (a label error, or a
                   merge); last, since a label is usually right and "different" then changes nothing
 
@@ -32,7 +34,7 @@ from reid.review.resolve import Resolution
 __all__ = ["ALTERNATIVES", "KINDS", "Queue", "load_queue", "score_bounds"]
 
 ALTERNATIVES = 5  # known individuals offered per item (the query's nearest, one photo each)
-KINDS = ("conflict", "new", "batch", "uncertain", "disagreement")
+KINDS = ("conflict", "new", "uncertain", "batch", "disagreement")
 META = ("survey", "camera_id", "captured_at", "viewpoint", "individual_id")
 PROPOSAL = "new-"  # names of the model's proposed new individuals (reid.matching.group_new)
 
