@@ -235,6 +235,7 @@ def run(cfg: EvaluateConfig) -> dict:
             top=cfg.top,
             map_method=cfg.map_method,
             seed=cfg.seed,
+            local_matches=_local_figures(archive_uri, cfg.keypoints, metrics_doc.get("local_features")),
         )
     counts = {
         "embeddings": table.num_rows,
@@ -261,6 +262,15 @@ def run(cfg: EvaluateConfig) -> dict:
         "wall_s": round(time.perf_counter() - t0, 2),
         "local_features": metrics_doc.get("local_features"),
     }
+
+
+def _local_figures(archive_uri: str | None, features: str | None, local: dict | None) -> list[dict]:
+    """Verified keypoint matches of a few re-ranked queries for the report (with --keypoints)."""
+    if not (archive_uri and features and local and local.get("examples")):
+        return []
+    from reid.local.pairs import report_figures
+
+    return report_figures(archive_uri, features, local["examples"])
 
 
 def print_metrics(summary: dict) -> None:

@@ -206,6 +206,7 @@ def render_html(
     thumbs: dict[str, str],
     notes: list[str],
     map_method: str,
+    local_matches: list[dict] | None = None,
 ) -> str:
     """The report page as one HTML string (no external resources), from ``templates/report.html.j2``."""
     m = ev.metrics
@@ -235,6 +236,9 @@ def render_html(
             threshold_source=ev.threshold_source or "",
             map_method=map_method,
             examples=_example_rows(data, ev, examples, thumbs),
+            local_matches=[
+                {"caption": f["caption"], "src": _data_uri_png(f["png"])} for f in local_matches or []
+            ],
         )
     )
 
@@ -250,8 +254,10 @@ def write_report(
     map_method: str = "auto",
     max_map_points: int = 5000,
     seed: int = 0,
+    local_matches: list[dict] | None = None,
 ) -> dict[str, str]:
-    """Write the PNG plots and ``report.html`` into ``out_dir``; returns their URIs by name."""
+    """Write the PNG plots and ``report.html`` into ``out_dir``; returns their URIs by name.
+    ``local_matches``: figures of verified keypoint matches (:func:`reid.local.pairs.report_figures`)."""
     rows = np.unique(np.concatenate([ev.query_rows, ev.gallery_rows]))
     notes: list[str] = []
     if len(rows) > max_map_points:
@@ -281,7 +287,7 @@ def write_report(
             notes.append(note)
     else:
         notes.append("No archive known for these embeddings (pass --archive): examples shown without images.")
-    page = render_html(inputs, data, protocol, ev, pngs, examples, thumbs, notes, used)
+    page = render_html(inputs, data, protocol, ev, pngs, examples, thumbs, notes, used, local_matches)
     paths["report"] = storage.join(out_dir, REPORT)
     storage.write_text(paths["report"], page)
     return paths

@@ -19,7 +19,7 @@ from reid.images.imageio import decode
 from reid.local.extract import ExtractorSettings, Features, create_extractor
 from reid.local.match import Matcher, MatcherSettings
 
-__all__ = ["draw_matches", "matched_keypoints", "matches_json"]
+__all__ = ["draw_matches", "matched_keypoints", "matches_json", "report_figures"]
 
 
 def _offset(bbox) -> tuple[float, float]:
@@ -101,3 +101,44 @@ def draw_matches(
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def report_figures(
+    archive_uri: str, features_uri: str, examples: list[dict], height: int = 200
+) -> list[dict]:
+    """For the evaluation report: each example pair (``query_id``, ``candidate_id``) drawn with its
+    verified matches, from the archive's photos and the stored features. Returns
+    ``[{"caption", "png"}]``; pairs whose photos or features are missing are skipped."""
+    import pyarrow.compute as pc
+
+    from reid.archive import dataset
+    from reid.local.store import FeatureStore
+
+    ids = sorted({e[k] for e in examples for k in ("query_id", "candidate_id")})
+    if not ids:
+        return []
+    rows = dataset(archive_uri).to_table(
+        columns=["image_id", "image", "bbox"], filter=pc.field("image_id").isin(ids)
+    )
+    photos = {r["image_id"]: (r["image"], r["bbox"]) for r in rows.to_pylist()}
+    feats = FeatureStore(features_uri).get(ids)
+    out = []
+    for e in examples:
+        a, b = e["query_id"], e["candidate_id"]
+        if a not in photos or b not in photos or a not in feats or b not in feats:
+            continue
+        res = matches_json(feats[a], feats[b], photos[a][1], photos[b][1])
+        png = draw_matches(photos[a][0], photos[b][0], res, photos[a][1], photos[b][1], height)
+        how = (
+            "the global ranking's top candidate was another individual"
+            if not e["global_right"]
+            else ("the global ranking agrees")
+        )
+        out.append(
+            {
+                "caption": f"{e['individual_id']}: query {a} and its fused top candidate {b}, "
+                f"{res['inliers']} verified matches (B = {e['shortlist']}; {how})",
+                "png": png,
+            }
+        )
+    return out

@@ -119,6 +119,7 @@ def _score_b(b, lists, others, inl, score, ql, gl, n_pos, fold, method, ks, burs
             method,
         )
     hits = {r: [] for r in RANKINGS}
+    first = {r: [] for r in RANKINGS}  # gallery position of each query's top candidate
     top = {r: [] for r in RANKINGS}  # top score of the known version, then of the "new" version
     top_new = {r: [] for r in RANKINGS}
     for i in range(nq):
@@ -128,6 +129,7 @@ def _score_b(b, lists, others, inl, score, ql, gl, n_pos, fold, method, ks, burs
         for r in RANKINGS:
             ranked = np.r_[head[by[r][0]], tail]
             hits[r].append(gl[ranked] == ql[i])
+            first[r].append(int(ranked[0]) if len(ranked) else -1)
             top[r].append(by[r][1])
         oth = others[i][:b]
         o_cos = np.array([score[i].get(j, -np.inf) for j in oth])
@@ -147,6 +149,7 @@ def _score_b(b, lists, others, inl, score, ql, gl, n_pos, fold, method, ks, burs
         row["auroc_new"] = float(roc_auc_score(y, -s)) if 0 < y.sum() < len(y) else float("nan")
         result[r] = row
     result["calibration"] = cals[0].to_dict()
+    result["_top1"] = {r: np.array(v) for r, v in first.items()}
     return result
 
 
@@ -188,7 +191,12 @@ def evaluate_features(
             return None
         return v
 
+    b = str(max(shortlists))
+    examples = _examples(data, protocol, result[max(shortlists)].pop("_top1"), int(b))
+    for k in shortlists:
+        result[k].pop("_top1", None)
     doc = clean(result)
+    doc["examples"] = examples
     doc.update(
         features=features_uri, features_id=store.features_id, images_without_features=len(rows) - len(feats)
     )
@@ -202,4 +210,31 @@ def side_by_side(doc: dict) -> list[list[str]]:
         for metric in doc[b]["global"]:
             vals = [doc[b][r].get(metric) for r in RANKINGS]
             out.append([metric, b] + ["n/a" if v is None else f"{v:.4f}" for v in vals])
+    return out
+
+
+def _examples(
+    data: EvalData, protocol: Protocol, top1: dict[str, np.ndarray], b: int, n: int = 4
+) -> list[dict]:
+    """A few queries for the report: first those the fused ranking gets right and the global one
+    wrong, then those both get right; each with its fused top candidate."""
+    q, g = protocol.query, protocol.gallery_rows
+    ok = {r: (top1[r] >= 0) & (data.labels[g[np.maximum(top1[r], 0)]] == data.labels[q]) for r in RANKINGS}
+    order = list(np.flatnonzero(ok["fused"] & ~ok["global"])) + list(
+        np.flatnonzero(ok["fused"] & ok["global"])
+    )
+    out = []
+    for i in order[:n]:
+        out.append(
+            {
+                "query_id": str(data.ids[q[i]]),
+                "candidate_id": str(data.ids[g[top1["fused"][i]]]),
+                "global_candidate_id": str(data.ids[g[top1["global"][i]]])
+                if top1["global"][i] >= 0
+                else None,
+                "individual_id": str(data.labels[q[i]]),
+                "global_right": bool(ok["global"][i]),
+                "shortlist": b,
+            }
+        )
     return out
