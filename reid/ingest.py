@@ -287,6 +287,7 @@ def load(c: Candidate, budget: PixelBudget | None = None) -> tuple[dict | None, 
         height=dec.height,
         photo_id=photo_id_for(c),
         annotation_id=c.annotation_id,
+        photo_ref=c.photo_ref,
     )
     return row, None
 

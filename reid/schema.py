@@ -32,12 +32,14 @@ ARCHIVE_SCHEMA = pa.schema(
         # exclusions of one photo (or burst) still work; the user's own annotation id, if any.
         pa.field("photo_id", pa.string()),
         pa.field("annotation_id", pa.string()),
+        # The user's own id of the photo, if the source has one (COCO image id, Camtrap DP mediaID).
+        pa.field("photo_ref", pa.string()),
     ]
 )
 ARCHIVE_COLUMNS = ARCHIVE_SCHEMA.names
 # Columns added after archives were first written: absent in older files, which still read
 # (readers fill ``photo_id`` with ``image_id`` there: one annotation per photo).
-OPTIONAL_ARCHIVE_COLUMNS = ("photo_id", "annotation_id")
+OPTIONAL_ARCHIVE_COLUMNS = ("photo_id", "annotation_id", "photo_ref")
 # Metadata carried from the archive into embeddings (and on to matches).
 CARRIED_COLUMNS = ["individual_id", "survey", "captured_at", "camera_id", "viewpoint"]
 # Carried into embeddings too, but optional there (older embeddings lack it).

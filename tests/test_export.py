@@ -20,7 +20,16 @@ from reid.images import imageio
 from tests.servedata import served  # noqa: F401, F811 - the fixture, built once per session
 from tests.test_formats import write_camtrapdp, write_coco
 
-COMPARED = ("image_id", "annotation_id", "viewpoint", "species", "captured_at", "survey", "camera_id")
+COMPARED = (
+    "image_id",
+    "annotation_id",
+    "photo_ref",
+    "viewpoint",
+    "species",
+    "captured_at",
+    "survey",
+    "camera_id",
+)
 
 
 def _by_annotation(uri: str) -> dict[str, dict]:
@@ -140,6 +149,7 @@ def test_camtrapdp_export_reads_back(tmp_path):
         obs = {r["observationID"]: r for r in csv.DictReader(f)}
     assert {k: r["individualID"] for k, r in obs.items()} == {"o1": "ayo", "o2": "", "o3": "bo"}
     assert obs["o1"]["observationTags"] == "viewpoint:left" and obs["o1"]["deploymentID"] == "dep1"
+    assert {k: r["mediaID"] for k, r in obs.items()} == {"o1": "m1", "o2": "m1", "o3": "m2"}  # the user's ids
     assert float(obs["o1"]["bboxX"]) == pytest.approx(0.1) and float(obs["o1"]["bboxWidth"]) == pytest.approx(
         0.5
     )

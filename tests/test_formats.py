@@ -151,6 +151,11 @@ def test_coco(tmp_path):
         "13": box(0, 0, 20, 20),
     }
     assert {r["species"] for r in rows} == {"lion"}
+    assert {k: r["photo_ref"] for k, r in by_id.items()} == {
+        "11": "1",
+        "12": "1",
+        "13": "2",
+    }  # COCO image ids
     assert by_id["11"]["captured_at"] == dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert (
         by_id["11"]["photo_id"] == by_id["12"]["photo_id"] != by_id["13"]["photo_id"]
@@ -256,6 +261,7 @@ def test_camtrapdp_package(tmp_path):
     assert {k: r["individual_id"] for k, r in by_id.items()} == {"o1": "ayo", "o2": None, "o3": "bo"}
     assert {k: r["camera_id"] for k, r in by_id.items()} == {"o1": "dep1", "o2": "dep1", "o3": "dep2"}
     assert by_id["o1"]["viewpoint"] == "left" and by_id["o1"]["species"] == "Panthera leo"
+    assert {k: r["photo_ref"] for k, r in by_id.items()} == {"o1": "m1", "o2": "m1", "o3": "m2"}  # mediaIDs
     assert by_id["o1"]["bbox"] == pytest.approx(box(9.6, 12.8, 48.0, 32.0))
     assert by_id["o2"]["bbox"] == pytest.approx(box(48.0, 16.0, 24.0, 32.0))
     assert by_id["o3"]["bbox"] is None

@@ -25,6 +25,8 @@ __all__ = [
     "capture_history",
     "coco_document",
     "folder_names",
+    "numeric_ids",
+    "unique_or",
     "individuals_sheet",
     "to_csv",
     "write_crops",
@@ -131,22 +133,53 @@ def _box(r: dict) -> list[float]:
     return [float(r[f"bbox_{k}"]) for k in "xywh"]
 
 
+def numeric_ids(keys: list[str | None]) -> list[int]:
+    """COCO's integer ids for ``keys``: a key that is a number and not taken keeps its value,
+    the rest are numbered after the largest."""
+    taken: set[int] = set()
+    want = [int(k) if (k or "").isdigit() else None for k in keys]
+    for w in want:
+        if w is not None:
+            taken.add(w)
+    seen: set[int] = set()
+    nxt = max(taken, default=0) + 1
+    out = []
+    for w in want:
+        if w is None or w in seen:
+            w, nxt = nxt, nxt + 1
+        seen.add(w)
+        out.append(w)
+    return out
+
+
+def unique_or(keys: list[str | None], fallback: list[str]) -> list[str]:
+    """Each key where it names one thing only, else its fallback (a hash id)."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+    return [k if k is not None and counts[k] == 1 else f for k, f in zip(keys, fallback, strict=True)]
+
+
 def coco_document(sightings: pa.Table) -> dict:
     """COCO with one image per photo and one annotation per sighting, the individual as ``name``
     (as WBIA/Wildbook write it), ``viewpoint``, the user's ``annotation_id`` as the ``id`` when it
-    is a number (also kept as a string attribute), and the match's basis and score."""
+    is a number (also kept as a string attribute), the user's photo id likewise, and the match's
+    basis and score."""
     rows = sightings.to_pylist()
     species = sorted({r["species"] or "animal" for r in rows})
     categories = [{"id": i, "name": s} for i, s in enumerate(species, start=1)]
     cat = {c["name"]: c["id"] for c in categories}
+    photos = list({r["photo_id"]: r["photo_ref"] for r in rows}.items())
+    image_ids = dict(zip([p for p, _ in photos], numeric_ids([ref for _, ref in photos]), strict=True))
+    ann_ids = numeric_ids([r["annotation_id"] for r in rows])
     images: dict[str, dict] = {}
-    numeric = [int(r["annotation_id"]) for r in rows if (r["annotation_id"] or "").isdigit()]
-    next_id = max(numeric, default=0) + 1
     annotations = []
-    for r in rows:
+    for r, ann_id in zip(rows, ann_ids, strict=True):
         if r["photo_id"] not in images:
             images[r["photo_id"]] = {
-                "id": len(images) + 1,
+                "id": image_ids[r["photo_id"]],
+                "photo_ref": r["photo_ref"],
                 "file_name": r["source"],
                 "width": r["width"],
                 "height": r["height"],
@@ -154,10 +187,6 @@ def coco_document(sightings: pa.Table) -> dict:
                 "camera_id": r["camera_id"],
                 "survey": r["survey"],
             }
-        if (r["annotation_id"] or "").isdigit():
-            ann_id = int(r["annotation_id"])
-        else:
-            ann_id, next_id = next_id, next_id + 1
         x, y, w, h = _box(r)
         annotations.append(
             {
@@ -188,14 +217,19 @@ def camtrapdp_package(sightings: pa.Table) -> dict[str, str]:
     media-level observations with ``individualID``, normalised boxes and the viewpoint tag."""
     rows = sightings.to_pylist()
     deployments = sorted({r["camera_id"] for r in rows if r["camera_id"]})
+    photos = list({r["photo_id"]: r["photo_ref"] for r in rows}.items())
+    media_ids = dict(
+        zip([p for p, _ in photos], unique_or([m for _, m in photos], [p for p, _ in photos]), strict=True)
+    )
+    obs_ids = unique_or([r["annotation_id"] for r in rows], [r["image_id"] for r in rows])
     media: dict[str, dict] = {}
     observations = []
-    for r in rows:
+    for r, obs_id in zip(rows, obs_ids, strict=True):
         ts = r["captured_at"].isoformat() if r["captured_at"] else None
         media.setdefault(
             r["photo_id"],
             {
-                "mediaID": r["photo_id"],
+                "mediaID": media_ids[r["photo_id"]],
                 "deploymentID": r["camera_id"],
                 "captureMethod": None,
                 "timestamp": ts,
@@ -218,9 +252,9 @@ def camtrapdp_package(sightings: pa.Table) -> dict[str, str]:
         human = r["basis"] in ("label", "review")
         observations.append(
             {
-                "observationID": r["annotation_id"] or r["image_id"],
+                "observationID": obs_id,
                 "deploymentID": r["camera_id"],
-                "mediaID": r["photo_id"],
+                "mediaID": media_ids[r["photo_id"]],
                 "eventStart": ts,
                 "eventEnd": ts,
                 "observationLevel": "media",

@@ -21,6 +21,7 @@ ARCHIVE_COLUMNS = [
     "image_id",
     "photo_id",
     "annotation_id",
+    "photo_ref",
     "individual_id",
     "species",
     "survey",
@@ -38,6 +39,7 @@ SIGHTINGS_SCHEMA = pa.schema(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("photo_id", pa.string()),
         pa.field("annotation_id", pa.string()),
+        pa.field("photo_ref", pa.string()),  # the user's own photo id (COCO image id, mediaID)
         pa.field("individual", pa.string()),
         pa.field("basis", pa.string()),  # review | label | match | new
         pa.field("decision", pa.string()),  # known | new (the matcher's call); null: not matched
@@ -126,6 +128,7 @@ def build(
         "image_id": ids,
         "photo_id": meta.column("photo_id"),
         "annotation_id": meta.column("annotation_id"),
+        "photo_ref": meta.column("photo_ref"),
         "individual": individual,
         "basis": basis,
         "decision": decision,

@@ -54,6 +54,7 @@ class Candidate:
     viewpoint: str | None = None
     bbox: dict | None = None
     annotation_id: str | None = None
+    photo_ref: str | None = None  # the user's own id of the photo (COCO image id, Camtrap DP mediaID)
     problem: str | None = None
     bbox_normalized: bool = False
     extra: dict = field(default_factory=dict)

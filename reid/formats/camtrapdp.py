@@ -6,7 +6,7 @@ relative to the package, or ``--image-root``), ``deploymentID`` -> camera, ``tim
 capture time, ``individualID`` -> individual (empty = unlabelled), ``scientificName`` -> species,
 ``bboxX/bboxY/bboxWidth/bboxHeight`` (fractions of the image) -> box, ``viewpoint:<v>`` in
 ``observationTags`` (or a ``viewpoint`` column) -> viewpoint. ``observationID`` is kept as
-``annotation_id``.
+``annotation_id``, ``mediaID`` as ``photo_ref``.
 
 Rejects, each with its reason: observations of another type (blank, human, vehicle...),
 event-level observations (no ``mediaID``: no single photo to identify), observations naming a
@@ -112,9 +112,9 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
             camera_id=none(o.get("deploymentID")) or none(m.get("deploymentID")),
             viewpoint=viewpoint(none(o.get("viewpoint")) or tags(o.get("observationTags")).get("viewpoint")),
             annotation_id=obs_id,
+            photo_ref=media_id,
             bbox_normalized=True,
         )
-        c.extra["mediaID"] = media_id
         c.bbox, c.problem = _box(o)
         try:
             c.captured_at = parse_time(m.get("timestamp") or o.get("eventStart"))

@@ -5,7 +5,8 @@ or ``individual_id`` / ``individual`` / ``identity`` / ``individual_ids[0]`` (al
 ``attributes`` dict, as CVAT writes); ``bbox`` is ``[x, y, w, h]`` in pixels; ``viewpoint`` is
 read when present (a box covering the whole image, as COCO's ``width``/``height`` give it, is
 the whole photo). The annotation's ``id`` is kept as ``annotation_id`` (or its ``annotation_id``
-attribute, where `reid export` keeps an id that is not a number). Images are found by
+attribute, where `reid export` keeps an id that is not a number), the image's ``id`` as
+``photo_ref`` (or its ``photo_ref``, as `reid export` writes it). Images are found by
 ``file_name`` relative to the JSON's folder (or ``--image-root``); ``date_captured``,
 ``camera_id`` and ``survey`` on an image are read too (``reid export`` writes them).
 
@@ -111,6 +112,7 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
             camera_id=none(img.get("camera_id")),
             viewpoint=viewpoint(ann.get("viewpoint") or attrs.get("viewpoint")),
             annotation_id=ann_id,
+            photo_ref=none(img.get("photo_ref")) or none(img.get("id")),  # reid export: photo_ref
         )
         try:
             c.captured_at = parse_time(img.get("date_captured") or img.get("datetime"))
