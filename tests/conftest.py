@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 endpoint (moto's server as a subprocess on loopback), the lions data."""
+"""Shared fixtures (a real S3 endpoint: moto's server as a subprocess on loopback; one local Ray per
+module; the lions data) and the markers derived from the fixtures a test uses."""
 
 from __future__ import annotations
 
@@ -89,3 +90,43 @@ def ray_local(s3_server):
     connect(num_cpus=2)
     yield
     shutdown()
+
+
+# --------------------------------------------------------------------------- markers from fixtures
+
+# A test that reaches one of these fixtures gets the marker (declared in pyproject.toml), so
+# `-m "not s3"` / `-m "not ray"` select by what a test really starts, not by what was remembered.
+FIXTURE_MARKERS = {
+    "s3": ("s3_server", "s3_bucket"),
+    "ray": ("ray_local", "served", "reviewed"),  # served/reviewed: an index built by the real jobs
+}
+# ray_local starts the S3 server only so that Ray's workers inherit its variables: reaching
+# s3_server through it alone does not make a test an S3 test.
+NOT_FOLLOWED = {"ray_local"}
+
+
+def fixtures_reached(item: pytest.Item) -> set[str]:
+    """The fixtures a test requests, directly or through other fixtures (not through NOT_FOLLOWED)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return set()
+    seen: set[str] = set()
+    todo = list(info.initialnames)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in NOT_FOLLOWED:
+            continue
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            todo.extend(fixturedef.argnames)
+    return seen
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reached = fixtures_reached(item)
+        for marker, fixtures in FIXTURE_MARKERS.items():
+            if reached.intersection(fixtures) and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)

@@ -97,3 +97,16 @@ def test_sub_packages_hold_their_modules(package, modules):
     assert modules <= found, f"reid/{package} lacks {sorted(modules - found)}"
     init = (REPO / "reid" / package / "__init__.py").read_text()
     assert all(f"reid.{package}.{m}" in init for m in modules), "the package docstring names each module"
+
+
+def test_s3_and_ray_markers_follow_the_fixtures(request):
+    """`-m "not s3"` / `-m "not ray"` must leave out every test that starts the S3 server or Ray
+    (tests/conftest.py derives the markers from the fixtures; nothing to remember by hand)."""
+    missing = []
+    for item in request.session.items:
+        names = set(item.fixturenames)
+        if "s3_bucket" in names and item.get_closest_marker("s3") is None:
+            missing.append(f"{item.nodeid}: s3")
+        if names & {"ray_local", "served", "reviewed"} and item.get_closest_marker("ray") is None:
+            missing.append(f"{item.nodeid}: ray")
+    assert not missing
