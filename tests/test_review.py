@@ -60,6 +60,8 @@ def test_minted_ids_are_stable_and_undo_leaves_a_gap(tmp_path):
     names = {q: v["individual_id"] for q, v in res.labels.items()}
     assert names == {"p1": "NYL-2024-0001", "p1b": "NYL-2024-0001", "p2": "NYL-2024-0002",
                      "p3": "NYL-2023-0001", "p4": "Stripes"}  # fmt: skip
+    table = review.confirmed_labels(folder, "NYL-{year}-{n:04d}")  # the same view, as a table
+    assert dict(zip(table["image_id"].to_pylist(), table["individual_id"].to_pylist(), strict=True)) == names
     first = next(r for r in review.read_reviews(folder).to_pylist() if r["query_image_id"] == "p1")
     review.record(folder, "undo", None, retracts=first["review_id"], reviewer="ana")
     review.record(folder, "new", None, query_image_id="p5", year=2024, name_new=False)

@@ -61,7 +61,7 @@ LABELS_SCHEMA = pa.schema(
         pa.field("query_sha256", pa.string()),
         pa.field("image_id", pa.string()),
         pa.field("individual_id", pa.string(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),  # same or new
+        pa.field("decision", pa.string(), nullable=False),  # same, new, split, or member (of a new)
         pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("reviewer", pa.string()),
     ]
@@ -199,24 +199,28 @@ def _labels(reviews: pa.Table) -> list[dict]:
     return list(label.values())
 
 
-def confirmed_labels(index_uri: str) -> pa.Table:
-    """Labels reviewers confirmed: one row per query photo (see :func:`_labels` for the rule).
+def confirmed_labels(index_uri: str, id_format: str | None = None) -> pa.Table:
+    """Labels reviewers confirmed: one row per photo. Schema: LABELS_SCHEMA.
 
-    ``image_id`` is set for archive photos (join on it); uploaded photos carry only their hash
-    (join on the SHA-256 of the image bytes once they are ingested). Schema: LABELS_SCHEMA.
+    Archive photos (``image_id`` set; join on it) follow :func:`reid.review.resolve.resolve`:
+    agreeing reviewers, conflicts left out, the photos a ``new`` covers, minted ids (``id_format``,
+    the default scheme when None), merges, undo. Uploaded photos carry only their hash (join on the
+    SHA-256 of the image bytes once they are ingested) and follow :func:`_labels`.
     """
-    keep = pa.Table.from_pylist(_labels(read_reviews(index_uri)), schema=REVIEW_SCHEMA)
-    return pa.table(
-        {
-            "query_sha256": keep.column("query_sha256"),
-            "image_id": keep.column("query_image_id"),
-            "individual_id": keep.column("individual_id"),
-            "decision": keep.column("decision"),
-            "decided_at": keep.column("decided_at"),
-            "reviewer": keep.column("reviewer"),
-        },
-        schema=LABELS_SCHEMA,
-    )
+    from reid.review.resolve import ID_FORMAT, resolve
+
+    reviews = read_reviews(index_uri)
+    archived = pc.is_valid(reviews.column("query_image_id"))
+    res = resolve(reviews.filter(archived), id_format or ID_FORMAT)
+    rows = [
+        {"query_sha256": v.get("query_sha256"), "image_id": image_id, "individual_id": v["individual_id"],
+         "decision": v["decision"], "decided_at": v["decided_at"], "reviewer": v["reviewer"]}
+        for image_id, v in res.labels.items()
+    ]  # fmt: skip
+    for r in _labels(reviews.filter(pc.invert(archived))):
+        rows.append({"query_sha256": r["query_sha256"], "image_id": None, "individual_id": r["individual_id"],
+                     "decision": r["decision"], "decided_at": r["decided_at"], "reviewer": r["reviewer"]})  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
 
 
 def rejected_pairs(index_uri: str) -> pa.Table:

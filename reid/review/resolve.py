@@ -158,13 +158,14 @@ def resolve(reviews: pa.Table, id_format: str = ID_FORMAT) -> Resolution:
         first = min(answers, key=lambda r: (str(r["decided_at"]), r["review_id"]))
         label = {
             "individual_id": target(first), "decision": first["decision"], "review_id": first["review_id"],
+            "query_sha256": first["query_sha256"],
             "reviewer": ", ".join(sorted({r["reviewer"] or "" for r in answers} - {""})) or None,
             "decided_at": first["decided_at"],
         }  # fmt: skip
         res.labels[q] = label
         for r in answers:
             for m in r["members"] or []:
-                member_labels.setdefault(m, {**label, "decision": "member"})
+                member_labels.setdefault(m, {**label, "decision": "member", "query_sha256": None})
     for m, label in member_labels.items():  # a photo's own answer wins over a group it was shown in
         if m not in res.labels and m not in res.conflicts:
             res.labels[m] = label
