@@ -256,8 +256,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cluster.runtime import connect, shutdown
-    from jobs import index as jindex
-    from jobs import match as jmatch
+    from jobs import index, match
 
     work = args.workdir or tempfile.mkdtemp(prefix="reid-allvsall-")
     cpus = os.cpu_count() or 1
@@ -270,8 +269,8 @@ def main() -> None:
         ne, d = args.exact_n, args.dim
         pop = Population(ne, d, groups=max(1, ne // 500), per_individual=10, spread=1.0, noise=1.0, seed=1)
         write_embeddings(f"{work}/exact-emb", pop, ne, "e", seed=100)
-        jindex.run(
-            jindex.IndexConfig(
+        index.run(
+            index.IndexConfig(
                 embeddings=[f"{work}/exact-emb"],
                 out=f"{work}/exact-idx",
                 factory="Flat",
@@ -280,8 +279,8 @@ def main() -> None:
             )
         )
         sg_before = sgemm_gflops(cpus)
-        s = jmatch.run(
-            jmatch.MatchConfig(index=f"{work}/exact-idx", out=f"{work}/exact-m", k=10, query_block=8192)
+        s = match.run(
+            match.MatchConfig(index=f"{work}/exact-idx", out=f"{work}/exact-m", k=10, query_block=8192)
         )
         sg_after = sgemm_gflops(cpus)
         sgemm = max(sg_before, sg_after)
@@ -324,8 +323,8 @@ def main() -> None:
         shard = (n + 3) // 4
         with TreeRSS() as rss:
             t = time.perf_counter()
-            jindex.run(
-                jindex.IndexConfig(
+            index.run(
+                index.IndexConfig(
                     embeddings=[f"{work}/emb"],
                     out=f"{work}/flat",
                     factory="Flat",
@@ -335,8 +334,8 @@ def main() -> None:
             )
             fig["flat_build_s"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
-            b = jindex.run(
-                jindex.IndexConfig(
+            b = index.run(
+                index.IndexConfig(
                     embeddings=[f"{work}/emb"],
                     out=f"{work}/ivf",
                     factory=f"IVF{args.nlist},Flat",
@@ -350,14 +349,14 @@ def main() -> None:
                 ivf_train_s=b.get("train_s"),
                 ivf_add_s=b.get("build_s"),
             )
-            ex = jmatch.run(
-                jmatch.MatchConfig(index=f"{work}/flat", out=f"{work}/m-flat", query=f"{work}/new", k=10)
+            ex = match.run(
+                match.MatchConfig(index=f"{work}/flat", out=f"{work}/m-flat", query=f"{work}/new", k=10)
             )
-            exact = _neighbours(f"{work}/m-flat", jmatch)
+            exact = _neighbours(f"{work}/m-flat", match)
             sweep = []
             for nprobe in [int(v) for v in args.nprobe.split(",")]:
-                r = jmatch.run(
-                    jmatch.MatchConfig(
+                r = match.run(
+                    match.MatchConfig(
                         index=f"{work}/ivf",
                         out=f"{work}/m-ivf{nprobe}",
                         query=f"{work}/new",
@@ -365,7 +364,7 @@ def main() -> None:
                         nprobe=nprobe,
                     )
                 )
-                got = _neighbours(f"{work}/m-ivf{nprobe}", jmatch)
+                got = _neighbours(f"{work}/m-ivf{nprobe}", match)
                 recall = float(np.mean([len(exact[q] & got.get(q, set())) / 10 for q in exact]))
                 row = {
                     "nprobe": nprobe,
@@ -428,8 +427,8 @@ def main() -> None:
     print(json.dumps(fig))
 
 
-def _neighbours(out: str, jmatch) -> dict[str, set[str]]:
-    t = jmatch.read_matches(out, columns=["query_id", "neighbor_id"]).to_pydict()
+def _neighbours(out: str, match) -> dict[str, set[str]]:
+    t = match.read_matches(out, columns=["query_id", "neighbor_id"]).to_pydict()
     res: dict[str, set[str]] = {}
     for q, nb in zip(t["query_id"], t["neighbor_id"], strict=True):
         res.setdefault(q, set()).add(nb)

@@ -9,8 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import index as jindex
-from jobs import match as jmatch
+from jobs import index, match
 from reid import manifest, storage
 from reid.errors import ReidError
 from reid.schema import conform, embeddings_schema
@@ -74,7 +73,7 @@ def survey_years(root, x, labels=None, years=("2021", "2022", "2023"), model_id=
 
 
 def matches_arrays(out, n, k):
-    m = jmatch.read_matches(out).to_pandas().sort_values(["query_id", "rank"])
+    m = match.read_matches(out).to_pandas().sort_values(["query_id", "rank"])
     assert (m.groupby("query_id").size() == k).all() and m["query_id"].nunique() == n
     ids = m["neighbor_id"].str[3:].astype(int).to_numpy().reshape(n, k)
     return m["score"].to_numpy(np.float32).reshape(n, k), ids
@@ -83,14 +82,14 @@ def matches_arrays(out, n, k):
 def test_all_vs_all_over_three_years_equals_brute_force(tmp_path, ray_local):
     x = grid_vectors(1500, seed=5)
     inputs = survey_years(tmp_path, x)
-    s = jindex.run(jindex.IndexConfig(embeddings=inputs, out=str(tmp_path / "idx"), shard_size=400))
+    s = index.run(index.IndexConfig(embeddings=inputs, out=str(tmp_path / "idx"), shard_size=400))
     assert (s["factory"], s["shards"], s["images"]) == ("Flat", 4, 1500)
     info = index_store.open_index(str(tmp_path / "idx"))
     assert info.model_id == "model-a" and info.dim == 32 and info.threshold is None  # no labels
     assert json.loads(storage.read_text(str(tmp_path / "idx" / "_manifest.json")))["version"] == info.version
 
     out = str(tmp_path / "m")
-    summary = jmatch.run(jmatch.MatchConfig(index=str(tmp_path / "idx"), out=out, k=10, query_block=333))
+    summary = match.run(match.MatchConfig(index=str(tmp_path / "idx"), out=out, k=10, query_block=333))
     assert summary["queries"] == 1500 and summary["blocks"] == 5
     d, i = matches_arrays(out, 1500, 10)
     ref_d, ref_i = brute_force(x, x, 11, allowed=~np.eye(1500, dtype=bool))
@@ -100,8 +99,8 @@ def test_all_vs_all_over_three_years_equals_brute_force(tmp_path, ray_local):
     assert [r["survey"] for r in summary["surveys"]] == ["2021", "2022", "2023"]
 
     # --include-self: every image is its own best match; --across-surveys: only other years.
-    selfish = jmatch.run(
-        jmatch.MatchConfig(
+    selfish = match.run(
+        match.MatchConfig(
             index=str(tmp_path / "idx"),
             out=str(tmp_path / "m2"),
             k=3,
@@ -111,12 +110,12 @@ def test_all_vs_all_over_three_years_equals_brute_force(tmp_path, ray_local):
         )
     )
     assert selfish["queries"] == 1500
-    m2 = jmatch.read_matches(str(tmp_path / "m2")).filter(pa.compute.equal(pa.compute.field("rank"), 1))
+    m2 = match.read_matches(str(tmp_path / "m2")).filter(pa.compute.equal(pa.compute.field("rank"), 1))
     assert m2.column("query_id").to_pylist() == m2.column("neighbor_id").to_pylist()
-    jmatch.run(
-        jmatch.MatchConfig(index=str(tmp_path / "idx"), out=str(tmp_path / "m3"), k=5, across_surveys=True)
+    match.run(
+        match.MatchConfig(index=str(tmp_path / "idx"), out=str(tmp_path / "m3"), k=5, across_surveys=True)
     )
-    m3 = jmatch.read_matches(str(tmp_path / "m3"))
+    m3 = match.read_matches(str(tmp_path / "m3"))
     assert len(m3) == 7500
     assert all(
         a != b
@@ -131,7 +130,7 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
     labels = [f"ind{j}" for j in ind]
     idx = str(tmp_path / "idx")
     inputs = survey_years(tmp_path, x[:2000], labels[:2000])
-    s = jindex.run(jindex.IndexConfig(embeddings=inputs, out=idx, shard_size=700, target_false_new=0.05))
+    s = index.run(index.IndexConfig(embeddings=inputs, out=idx, shard_size=700, target_false_new=0.05))
     cal = s["calibration"]
     assert cal["n"] > 1000 and cal["false_new"] <= 0.05 and s["threshold"] == cal["threshold"]
     assert index_store.open_index(idx).threshold == pytest.approx(cal["threshold"])
@@ -140,9 +139,9 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
         str(tmp_path / "new"), x[2000:], [f"new{i}" for i in range(400)], surveys=["2024"] * 400
     )
     out = str(tmp_path / "m")
-    summary = jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=5, query=new))
+    summary = match.run(match.MatchConfig(index=idx, out=out, k=5, query=new))
     assert summary["queries"] == 400 and "surveys" not in summary
-    top = jmatch.read_matches(out).filter(pa.compute.equal(pa.compute.field("rank"), 1)).to_pandas()
+    top = match.read_matches(out).filter(pa.compute.equal(pa.compute.field("rank"), 1)).to_pandas()
     ref_d, ref_i = brute_force(x[2000:], x[:2000], 1)
     assert (top["neighbor_id"].str[3:].astype(int).to_numpy() == ref_i[:, 0]).all()
     dec = storage.read_parquet(storage.join(out, "decisions.parquet")).to_pandas()
@@ -155,18 +154,18 @@ def test_query_mode_threshold_and_refusals(tmp_path, ray_local):
         str(tmp_path / "other"), x[:10], [f"o{i}" for i in range(10)], model_id="model-b"
     )
     with pytest.raises(ReidError, match="model_id 'model-b' differs .*'model-a'"):
-        jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-b"), query=other))
+        match.run(match.MatchConfig(index=idx, out=str(tmp_path / "m-b"), query=other))
     loose = write_embeddings(str(tmp_path / "loose"), x[:10] * 2, [f"l{i}" for i in range(10)])
     with pytest.raises(ReidError, match="not L2-normalised"):  # found inside a Ray task, raised as itself
-        jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-l"), query=loose))
+        match.run(match.MatchConfig(index=idx, out=str(tmp_path / "m-l"), query=loose))
     small = write_embeddings(str(tmp_path / "d16"), grid_vectors(10, d=16), [f"s{i}" for i in range(10)])
     with pytest.raises(ReidError, match="dim 16, the index .* has dim 32"):
-        jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m-d"), query=small))
+        match.run(match.MatchConfig(index=idx, out=str(tmp_path / "m-d"), query=small))
     with pytest.raises(ReidError, match="different models .*model-a.*model-b"):
-        jindex.run(jindex.IndexConfig(embeddings=[inputs[0], other], out=str(tmp_path / "mixed")))
+        index.run(index.IndexConfig(embeddings=[inputs[0], other], out=str(tmp_path / "mixed")))
     dup = write_embeddings(str(tmp_path / "dup"), x[:5], ["img00001"] * 1 + [f"d{i}" for i in range(4)])
     with pytest.raises(ReidError, match="duplicate image_id 'img00001'"):
-        jindex.run(jindex.IndexConfig(embeddings=[inputs[0], dup], out=str(tmp_path / "dups")))
+        index.run(index.IndexConfig(embeddings=[inputs[0], dup], out=str(tmp_path / "dups")))
 
 
 def test_block_decisions_equal_whole_table_decisions(tmp_path, ray_local):
@@ -176,13 +175,13 @@ def test_block_decisions_equal_whole_table_decisions(tmp_path, ray_local):
     x, ind = clustered_vectors(1500, d=32, seed=13, spread=1.0, noise=0.3)
     labels = [None if i % 3 == 0 or j % 4 == 0 else f"ind{j}" for i, j in enumerate(ind)]
     idx, out = str(tmp_path / "idx"), str(tmp_path / "m")
-    jindex.run(jindex.IndexConfig(embeddings=survey_years(tmp_path, x, labels), out=idx, shard_size=600))
-    s = jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=8, query_block=256))
+    index.run(index.IndexConfig(embeddings=survey_years(tmp_path, x, labels), out=idx, shard_size=600))
+    s = match.run(match.MatchConfig(index=idx, out=out, k=8, query_block=256))
     assert s["threshold"] is not None and s["proposed_new_individuals"] > 0
     queries = pa.concat_tables(
         [storage.read_parquet(f) for f in storage.list_files(storage.join(out, "queries"), ".parquet")]
     )
-    matches = jmatch.read_matches(out)
+    matches = match.read_matches(out)
     whole = matching.decide(queries, matches, s["threshold"])
     got = storage.read_parquet(storage.join(out, "decisions.parquet"))
     assert got.sort_by("query_id").equals(whole.sort_by("query_id"))
@@ -198,27 +197,27 @@ def test_failed_rebuild_keeps_previous_version_in_service(tmp_path, ray_local):
     x = grid_vectors(600, seed=8)
     idx = str(tmp_path / "idx")
     a = write_embeddings(str(tmp_path / "a"), x[:300], [f"img{i:05d}" for i in range(300)])
-    first = jindex.run(jindex.IndexConfig(embeddings=[a], out=idx, shard_size=100, calibration_queries=0))
-    again = jindex.run(jindex.IndexConfig(embeddings=[a], out=idx, shard_size=100, calibration_queries=0))
+    first = index.run(index.IndexConfig(embeddings=[a], out=idx, shard_size=100, calibration_queries=0))
+    again = index.run(index.IndexConfig(embeddings=[a], out=idx, shard_size=100, calibration_queries=0))
     assert again["up_to_date"] and again["version"] == first["version"]
 
     bad_x = x[300:].copy()
     bad_x[-5:] *= 4  # not unit vectors: the shard task holding them fails
     bad = write_embeddings(str(tmp_path / "bad"), bad_x, [f"img{i:05d}" for i in range(300, 600)])
     with pytest.raises(ReidError, match="not L2-normalised"):
-        jindex.run(jindex.IndexConfig(embeddings=[a, bad], out=idx, shard_size=100, calibration_queries=0))
+        index.run(index.IndexConfig(embeddings=[a, bad], out=idx, shard_size=100, calibration_queries=0))
     assert index_store.open_index(idx).version == first["version"]
     assert len(index_store.list_versions(idx)) == 2  # the failed build's leftovers
-    ok = jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m"), k=3))
+    ok = match.run(match.MatchConfig(index=idx, out=str(tmp_path / "m"), k=3))
     assert ok["queries"] == 300
 
     good = write_embeddings(str(tmp_path / "good"), x[300:], [f"img{i:05d}" for i in range(300, 600)])
-    second = jindex.run(
-        jindex.IndexConfig(embeddings=[a, good], out=idx, shard_size=100, calibration_queries=0)
+    second = index.run(
+        index.IndexConfig(embeddings=[a, good], out=idx, shard_size=100, calibration_queries=0)
     )
     assert second["version"] != first["version"] and index_store.open_index(idx).ntotal == 600
     assert index_store.list_versions(idx) == sorted([first["version"], second["version"]])
-    third = jindex.run(jindex.IndexConfig(embeddings=[good], out=idx, shard_size=100, calibration_queries=0))
+    third = index.run(index.IndexConfig(embeddings=[good], out=idx, shard_size=100, calibration_queries=0))
     assert index_store.list_versions(idx) == sorted([second["version"], third["version"]])
     assert first["version"] in third["removed_versions"]
 
@@ -226,25 +225,25 @@ def test_failed_rebuild_keeps_previous_version_in_service(tmp_path, ray_local):
 def test_match_resumes_and_skips_committed_work(tmp_path, ray_local):
     x = grid_vectors(500, seed=9)
     idx = str(tmp_path / "idx")
-    jindex.run(
-        jindex.IndexConfig(
+    index.run(
+        index.IndexConfig(
             embeddings=[write_embeddings(str(tmp_path / "e"), x, [f"img{i:05d}" for i in range(500)])],
             out=idx,
             shard_size=200,
             calibration_queries=0,
         )
     )
-    cfg = jmatch.MatchConfig(index=idx, out=str(tmp_path / "m"), k=4, query_block=100)
-    jmatch.run(cfg)
-    before = jmatch.read_matches(cfg.out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
-    assert jmatch.run(cfg)["up_to_date"]
+    cfg = match.MatchConfig(index=idx, out=str(tmp_path / "m"), k=4, query_block=100)
+    match.run(cfg)
+    before = match.read_matches(cfg.out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
+    assert match.run(cfg)["up_to_date"]
     storage.delete(storage.join(cfg.out, "_manifest.json"))  # as if killed before the end...
     storage.delete(storage.join(cfg.out, "matches", "part-00002.parquet"))  # ...with one block in flight
-    resumed = jmatch.run(cfg)
+    resumed = match.run(cfg)
     assert resumed["blocks_skipped"] == 4
-    after = jmatch.read_matches(cfg.out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
+    after = match.read_matches(cfg.out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
     assert after.equals(before)
-    changed = jmatch.run(cfg.model_copy(update={"k": 2}))
+    changed = match.run(cfg.model_copy(update={"k": 2}))
     assert changed["blocks_skipped"] == 0 and changed["matches"] == 1000
 
 
@@ -252,8 +251,8 @@ def test_ivf_index_job_shares_one_quantizer(tmp_path, ray_local):
     x, _ = clustered_vectors(4000, d=32, seed=10)
     emb = write_embeddings(str(tmp_path / "e"), x, [f"img{i:05d}" for i in range(4000)], parts=3)
     idx = str(tmp_path / "idx")
-    s = jindex.run(
-        jindex.IndexConfig(
+    s = index.run(
+        index.IndexConfig(
             embeddings=[emb], out=idx, factory="IVF32,Flat", shard_size=1500, nprobe=8, calibration_queries=0
         )
     )
@@ -264,7 +263,7 @@ def test_ivf_index_job_shares_one_quantizer(tmp_path, ray_local):
     shards = [index_store.load_shard(info, i)[0] for i in range(3)]
     cents = [faiss.extract_index_ivf(shard).quantizer.reconstruct_n(0, 32) for shard in shards]
     assert all(np.array_equal(cents[0], c) for c in cents[1:])
-    jmatch.run(jmatch.MatchConfig(index=idx, out=str(tmp_path / "m"), k=10, query_block=1000))
+    match.run(match.MatchConfig(index=idx, out=str(tmp_path / "m"), k=10, query_block=1000))
     _, got = matches_arrays(str(tmp_path / "m"), 4000, 10)
     _, ref = brute_force(x, x, 10, allowed=~np.eye(4000, dtype=bool))
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref, strict=True)])
@@ -301,9 +300,9 @@ def test_index_and_match_on_s3(s3_bucket, ray_local):
     x = grid_vectors(300, seed=12)
     emb = write_embeddings(f"{s3_bucket}/emb", x, [f"img{i:05d}" for i in range(300)], surveys=["2021"] * 300)
     idx, out = f"{s3_bucket}/idx", f"{s3_bucket}/m"
-    jindex.run(jindex.IndexConfig(embeddings=[emb], out=idx, shard_size=120, calibration_queries=0))
+    index.run(index.IndexConfig(embeddings=[emb], out=idx, shard_size=120, calibration_queries=0))
     assert index_store.open_index(idx).ntotal == 300
-    jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=5))
+    match.run(match.MatchConfig(index=idx, out=out, k=5))
     d, i = matches_arrays(out, 300, 5)
     ref_d, ref_i = brute_force(x, x, 6, allowed=~np.eye(300, dtype=bool))
     assert_same_knn(d, i, ref_d[:, :5], ref_i[:, :5], ref_d[:, 5])
@@ -318,14 +317,12 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
     of the true individual x survey cells are reproduced and spurious individuals (unlabelled photos
     proposed as new although known) stay under 15% of the true population.
     """
-    from jobs import embed as jembed
-    from jobs import synth as jsynth
-    from jobs import train as jtrain
+    from jobs import embed, synth, train
     from reid.synthetic.truth import truth_capture_history
 
     archive = str(tmp_path / "archive")
-    jsynth.run(
-        jsynth.SynthJobConfig(
+    synth.run(
+        synth.SynthJobConfig(
             out=archive,
             individuals=12,
             years=3,
@@ -336,8 +333,8 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
         )
     )
     model = str(tmp_path / "model")
-    jtrain.run(
-        jtrain.make_config(
+    train.run(
+        train.make_config(
             archive=archive,
             out=model,
             backbone="resnet10t",
@@ -356,10 +353,10 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
         )
     )
     emb = str(tmp_path / "emb")
-    jembed.run(jembed.EmbedConfig(archive=archive, model=model, out=emb, batch_size=32, threads=1))
+    embed.run(embed.EmbedConfig(archive=archive, model=model, out=emb, batch_size=32, threads=1))
     idx, out = str(tmp_path / "idx"), str(tmp_path / "m")
-    built = jindex.run(jindex.IndexConfig(embeddings=[emb], out=idx, calibration_k=10))
-    s = jmatch.run(jmatch.MatchConfig(index=idx, out=out, k=10))
+    built = index.run(index.IndexConfig(embeddings=[emb], out=idx, calibration_k=10))
+    s = match.run(match.MatchConfig(index=idx, out=out, k=10))
 
     truth = truth_capture_history(archive)
     surveys = [c for c in truth.column_names if c != "individual_id"]
@@ -367,7 +364,7 @@ def test_three_year_synth_survey_end_to_end(tmp_path, ray_local, capsys):
     cells, spurious = history_agreement(out, want)
     # The same matches without using any label for the population (matching quality alone).
     blind = str(tmp_path / "m-blind")
-    jmatch.run(jmatch.MatchConfig(index=idx, out=blind, k=10, use_labels=False))
+    match.run(match.MatchConfig(index=idx, out=blind, k=10, use_labels=False))
     blind_cells, _ = history_agreement(blind, want)
     with capsys.disabled():
         print(
