@@ -13,6 +13,7 @@ import json
 import typer
 from pydantic import BaseModel
 
+from cluster import dashboard
 from cluster import submit as jobs_api
 from cluster.submission import (
     check_locations,
@@ -159,14 +160,14 @@ def register(app: typer.Typer) -> None:
             code=code,
             env_vars=parse_env(env),
             check_inputs=check_inputs,
-            python=python or jobs_api.default_python(address),
+            python=python or dashboard.default_python(address),
             num_cpus=entrypoint_num_cpus,
             num_gpus=entrypoint_num_gpus,
             memory=entrypoint_memory,
             resources=parse_resources(entrypoint_resources),
         )
-        cl = jobs_api.client(address)
-        if local and not jobs_api.is_local_address(address):
+        cl = dashboard.client(address)
+        if local and not dashboard.is_local_address(address):
             names = ", ".join(u for _, u in local)
             typer.echo(
                 f"[reid] note: local path(s) {names} must be visible to every node (shared filesystem)"
@@ -193,7 +194,7 @@ def register(app: typer.Typer) -> None:
     ):
         """The cluster's jobs, newest first."""
         quiet_client_logs()
-        rows = jobs_api.list_jobs(jobs_api.client(address), everything=all_)
+        rows = jobs_api.list_jobs(dashboard.client(address), everything=all_)
         if not rows:
             typer.echo("no jobs")
         for r in rows:
@@ -207,7 +208,7 @@ def register(app: typer.Typer) -> None:
     def status_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
         """Status of one job: state, message, entrypoint, times."""
         quiet_client_logs()
-        info = jobs_api.get(jobs_api.client(address), submission_id)
+        info = jobs_api.get(dashboard.client(address), submission_id)
         typer.echo(f"{submission_id}: {jobs_api.status_of(info)}")
         for key in ("message", "entrypoint", "driver_node_id", "start_time", "end_time", "metadata"):
             value = getattr(info, key, None)
@@ -222,7 +223,7 @@ def register(app: typer.Typer) -> None:
     ):
         """A job's logs (with --follow: until it ends; exit status 1 unless it succeeded)."""
         quiet_client_logs()
-        cl = jobs_api.client(address)
+        cl = dashboard.client(address)
         jobs_api.get(cl, submission_id)
         if not follow_:
             typer.echo(cl.get_job_logs(submission_id), nl=False)
@@ -236,5 +237,5 @@ def register(app: typer.Typer) -> None:
     def stop_cmd(submission_id: str = typer.Argument(..., metavar="ID"), address: str = _ADDRESS):
         """Stop a running job (it keeps what it committed; re-submit to resume)."""
         quiet_client_logs()
-        status = jobs_api.stop(jobs_api.client(address), submission_id)
+        status = jobs_api.stop(dashboard.client(address), submission_id)
         typer.echo(f"{submission_id}: {status}")

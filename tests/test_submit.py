@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster import dashboard
 from cluster import submit as jobs_api
 from jobs.submit import locations, parse_job_args, prepare
 from reid import manifest, storage
@@ -71,7 +72,7 @@ def test_unreachable_address_is_one_line_and_fast(photos, tmp_path):
     assert "infra/local-cluster.sh" in lines[0]
     with pytest.raises(ReidError, match="cannot reach Ray dashboard"):
         t1 = time.monotonic()
-        jobs_api.client(f"127.0.0.1:{port}")
+        dashboard.client(f"127.0.0.1:{port}")
     assert time.monotonic() - t1 < 5
     assert time.monotonic() - t0 < 60
 
@@ -140,13 +141,13 @@ def test_runtime_env_carries_code_and_storage_settings_never_secrets(photos, tmp
 def test_dashboard_address_forms(monkeypatch):
     monkeypatch.delenv("REID_DASHBOARD", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a GCS address is not the Jobs API
-    assert jobs_api.dashboard_address(None) == jobs_api.DEFAULT_ADDRESS
-    assert jobs_api.dashboard_address("head:8265") == "http://head:8265"
+    assert dashboard.dashboard_address(None) == dashboard.DEFAULT_ADDRESS
+    assert dashboard.dashboard_address("head:8265") == "http://head:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
-    assert jobs_api.dashboard_address(None) == "http://head:8265"
+    assert dashboard.dashboard_address(None) == "http://head:8265"
     for bad in ("ray://head:10001", "http://head:6379"):
         with pytest.raises(ReidError):
-            jobs_api.dashboard_address(bad)
+            dashboard.dashboard_address(bad)
 
 
 def test_interpreter_defaults_to_this_one_for_a_cluster_on_this_machine(monkeypatch):
@@ -155,17 +156,17 @@ def test_interpreter_defaults_to_this_one_for_a_cluster_on_this_machine(monkeypa
     monkeypatch.delenv("REID_DASHBOARD", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for here in (None, "http://127.0.0.1:8265", "localhost:8265", f"http://{socket.gethostname()}:8265"):
-        assert jobs_api.default_python(here) == sys.executable, here
-    assert jobs_api.default_python("http://192.0.2.77:8265") == "python"  # TEST-NET-1: never this host
+        assert dashboard.default_python(here) == sys.executable, here
+    assert dashboard.default_python("http://192.0.2.77:8265") == "python"  # TEST-NET-1: never this host
     spec, _ = prepare("synth", ["/tmp/reid-never-written", "--individuals", "2"], python=sys.executable)
     assert spec.entrypoint.startswith(f"{sys.executable} -m jobs.cli synth ")
 
 
 def test_a_job_without_reid_packages_names_the_option_that_fixes_it():
     logs = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'typer'\n"
-    hint = jobs_api.missing_module_hint(logs, "python")
+    hint = dashboard.missing_module_hint(logs, "python")
     assert "no module 'typer'" in hint and "--python" in hint and "\n" not in hint
-    assert jobs_api.missing_module_hint("embedded 8", "python") is None
+    assert dashboard.missing_module_hint("embedded 8", "python") is None
 
 
 def _dashboard_without_agent(failures: int):
