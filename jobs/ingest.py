@@ -45,7 +45,7 @@ class IngestConfig(JobConfig):
     format: str | None = Field(
         None, description=f"input format (default: detected): {', '.join(ingest.FORMATS)}"
     )
-    image_root: str | None = Field(None, description="folder the metadata's file names are relative to")
+    image_root: Input | None = Field(None, description="folder the metadata's file names are relative to")
     min_confidence: float = Field(
         ingest.ReadOptions.min_confidence,
         ge=0.0,

@@ -361,3 +361,14 @@ def test_cli_format_options_and_export(tmp_path):
         assert len(list(csv.DictReader(f))) == 3
     r = reid("export", "--out", str(tmp_path / "res2"))
     assert r.returncode == 2 and "give a match output" in r.stderr
+
+
+def test_normalised_boxes_follow_exif_orientation():
+    """MegaDetector and Camtrap DP boxes are fractions of the upright photo: a JPEG stored 96x64
+    with EXIF orientation 6 is shown 64x96, and the box is in those pixels."""
+    from reid.ingest import pixel_box
+
+    upright = pixel_box(jpeg_bytes(photo(96, 64), exif_orientation=6), box(0.0, 0.0, 0.5, 0.5))
+    assert upright == box(0.0, 0.0, 32.0, 48.0)
+    assert pixel_box(jpeg_bytes(photo(96, 64)), box(0.25, 0.5, 0.5, 0.5)) == box(24.0, 32.0, 48.0, 32.0)
+    assert pixel_box(b"not an image", box(0.1, 0.1, 0.1, 0.1)) == box(0.1, 0.1, 0.1, 0.1)  # decode names it
