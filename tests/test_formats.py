@@ -372,3 +372,82 @@ def test_normalised_boxes_follow_exif_orientation():
     assert upright == box(0.0, 0.0, 32.0, 48.0)
     assert pixel_box(jpeg_bytes(photo(96, 64)), box(0.25, 0.5, 0.5, 0.5)) == box(24.0, 32.0, 48.0, 32.0)
     assert pixel_box(b"not an image", box(0.1, 0.1, 0.1, 0.1)) == box(0.1, 0.1, 0.1, 0.1)  # decode names it
+
+
+def test_camtrapdp_event_level_observations(tmp_path):
+    """Event-level identifications (as Agouti records them) reach the event's photos: a lone
+    unlabelled box takes the individual, a photo without boxes becomes a whole-photo annotation."""
+    root = tmp_path / "pkg"
+    put_photos(root / "media", ["e1.jpg", "e2.jpg", "e3.jpg", "e4.jpg", "e5.jpg"])
+    (root / "datapackage.json").write_text(json.dumps({"profile": "camtrap-dp/1.0", "resources": []}))
+    times = {"e1": ("dep1", "10:00:00"), "e2": ("dep1", "10:00:05"), "e3": ("dep1", "10:00:10"),
+             "e4": ("dep2", "10:00:05"), "e5": ("dep1", "12:00:00")}  # fmt: skip
+    write_csv(
+        root / "media.csv",
+        [
+            {"mediaID": k, "deploymentID": d, "timestamp": f"2022-05-01T{t}Z", "filePath": f"media/{k}.jpg"}
+            for k, (d, t) in times.items()
+        ],
+    )
+    ev = {
+        "observationLevel": "event",
+        "observationType": "animal",
+        "scientificName": "Lynx lynx",
+        "mediaID": "",
+    }
+    write_csv(
+        root / "observations.csv",
+        [
+            {
+                **ev,
+                "observationID": "ev1",
+                "deploymentID": "dep1",
+                "eventStart": "2022-05-01T10:00:00Z",
+                "eventEnd": "2022-05-01T10:00:10Z",
+                "individualID": "kiki",
+                "count": 1,
+            },
+            {
+                "observationID": "mb1",
+                "deploymentID": "dep1",
+                "mediaID": "e2",
+                "observationLevel": "media",
+                "observationType": "animal",
+                "scientificName": "Lynx lynx",
+                "bboxX": 0.25,
+                "bboxY": 0.25,
+                "bboxWidth": 0.5,
+                "bboxHeight": 0.5,
+            },
+            {
+                **ev,
+                "observationID": "ev2",
+                "deploymentID": "dep1",
+                "eventStart": "2022-05-01T12:00:00Z",
+                "eventEnd": "2022-05-01T12:00:00Z",
+                "count": 2,
+            },
+            {
+                **ev,
+                "observationID": "ev3",
+                "deploymentID": "dep2",
+                "eventStart": "2022-05-01T09:00:00Z",
+                "eventEnd": "2022-05-01T09:01:00Z",
+                "individualID": "kiki",
+                "count": 1,
+            },
+        ],  # fmt: skip
+    )
+    summary, rows, rejects = ingest(root, tmp_path / "arch")
+    by_id = {r["annotation_id"]: r for r in rows}
+    assert set(by_id) == {"ev1/e1", "mb1", "ev1/e3"}
+    assert {r["individual_id"] for r in rows} == {"kiki"} and summary["individuals"] == 1
+    assert by_id["mb1"]["bbox"] == box(24.0, 16.0, 48.0, 32.0) and by_id["ev1/e1"]["bbox"] is None
+    assert {k: r["photo_ref"] for k, r in by_id.items()} == {"ev1/e1": "e1", "mb1": "e2", "ev1/e3": "e3"}
+    reasons = sorted(r["reason"] for r in rejects)
+    assert len(reasons) == 3
+    assert reasons[0].startswith("event-level observation of 2 animals")
+    assert reasons[1].startswith("event-level observation: no media of deployment 'dep2'")
+    assert reasons[2] == "no observation of this media" and any(
+        r["source"].endswith("e4.jpg") for r in rejects
+    )
