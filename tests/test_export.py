@@ -223,3 +223,22 @@ def test_export_of_a_real_match_run(served, tmp_path):  # noqa: F811 - pytest fi
         assert (out / row["crop"]).is_file() and row["crop"].endswith(f"/{r['image_id']}.jpg")
     history = (out / "capture_history.csv").read_text().splitlines()
     assert len(history) - 1 == summary["individuals"]
+
+
+def test_lineage_finds_the_archive_the_decisions_are_about(tmp_path):
+    """matches <- index <- embeddings <- archive; a --query run's decisions are about the query
+    photos, so their archive is the one exported."""
+    from reid import export
+
+    def out(name: str, job: str, inputs: list[str], config: dict | None = None) -> str:
+        uri = str(tmp_path / name)
+        manifest.write_manifest(uri, job, config or {}, inputs, {}, manifest.now())
+        return uri
+
+    a, q = out("survey", "ingest", []), out("new-photos", "ingest", [])
+    emb_a, emb_q = out("emb", "embed", [a]), out("emb-new", "embed", [q])
+    index = out("index", "index", [emb_a])
+    assert export.find_inputs(out("m", "match", [index])) == (a, index)
+    assert export.find_inputs(out("mq", "match", [index, emb_q], {"query": emb_q})) == (q, index)
+    reviewed = out("mr", "match", [index], {"reviews": str(tmp_path / "desk")})
+    assert export.find_inputs(reviewed) == (a, str(tmp_path / "desk"))

@@ -35,12 +35,16 @@ def _inputs(uri: str) -> list[dict]:
 
 
 def find_inputs(matches: str) -> tuple[str | None, str | None]:
-    """(archive, reviews) named by a match run: the archive through its lineage, the reviews it
-    applied (``--reviews``) or else its index (None where the trail ends)."""
+    """(archive, reviews) named by a match run: the archive through its lineage (the queries'
+    archive for a ``--query`` run: its decisions are about those photos), the reviews it applied
+    (``--reviews``) or else its index (None where the trail ends)."""
     config = (manifest.read_manifest(matches) or {}).get("config") or {}
     index = next((i["uri"] for i in _inputs(matches) if i.get("job") == "index"), None)
     reviews = config.get("reviews") or index
-    seen, todo, found = set(), [i["uri"] for i in _inputs(matches)], None
+    roots = [i["uri"] for i in _inputs(matches)]
+    if config.get("query"):
+        roots = [config["query"]]
+    seen, todo, found = set(), roots, None
     while todo and found is None:
         uri = todo.pop(0)
         if uri in seen:

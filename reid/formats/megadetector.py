@@ -67,7 +67,7 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
             ref = f"{src}#images[{i}]"
             out.append(Candidate(uri=ref, relpath=ref, problem=f"image record {i} has no 'file'"))
             continue
-        uri, rel = join_ref(base, file)
+        uri, rel = join_ref(base, file.replace("\\", "/"))  # batch runs on Windows write backslashes
         if none(img.get("failure")):
             out.append(
                 Candidate(uri=uri, relpath=rel, problem=f"MegaDetector failed on it: {img['failure']}")
