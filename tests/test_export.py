@@ -242,3 +242,19 @@ def test_lineage_finds_the_archive_the_decisions_are_about(tmp_path):
     assert export.find_inputs(out("mq", "match", [index, emb_q], {"query": emb_q})) == (q, index)
     reviewed = out("mr", "match", [index], {"reviews": str(tmp_path / "desk")})
     assert export.find_inputs(reviewed) == (a, str(tmp_path / "desk"))
+
+
+def test_wildlife_datasets_archive_round_trips_through_coco(tmp_path):
+    """A table without photo ids: the COCO export numbers its images but reads back with none."""
+    from tests.test_formats import write_wildlife_datasets
+
+    arch = str(tmp_path / "arch")
+    ingest_run(IngestConfig(src=str(write_wildlife_datasets(tmp_path / "wd")), out=arch, survey="2021"))
+    run(ExportConfig(archive=arch, out=str(tmp_path / "out"), crops=False))
+    ingest_run(IngestConfig(src=str(tmp_path / "out" / "coco.json"), out=str(tmp_path / "again")))
+    before, after = _by_annotation(arch), _by_annotation(str(tmp_path / "again"))
+    assert set(after) == {"101", "102"}
+    for key in before:
+        for col in (*COMPARED, "individual_id", "bbox", "source"):
+            assert after[key][col] == before[key][col], (key, col)
+    assert after["102"]["bbox"] is None and after["101"]["photo_ref"] is None

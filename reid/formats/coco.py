@@ -112,7 +112,8 @@ def read(src: str, options: ReadOptions) -> list[Candidate]:
             camera_id=none(img.get("camera_id")),
             viewpoint=viewpoint(ann.get("viewpoint") or attrs.get("viewpoint")),
             annotation_id=ann_id,
-            photo_ref=none(img.get("photo_ref")) or none(img.get("id")),  # reid export: photo_ref
+            # reid export writes photo_ref (null where the photo had no id of the user's)
+            photo_ref=none(img["photo_ref"]) if "photo_ref" in img else none(img.get("id")),
         )
         try:
             c.captured_at = parse_time(img.get("date_captured") or img.get("datetime"))
