@@ -8,12 +8,9 @@ and ``_manifest.json`` (last). Evaluation sets fit in memory, so this job runs i
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Literal
 
-import numpy as np
-import pyarrow as pa
 from pydantic import Field, model_validator
 from rich.table import Table
 
@@ -34,26 +31,13 @@ from reid.evaluation import report
 from reid.evaluation.data import EvalData, eval_data
 from reid.evaluation.exclusions import exclusion_mask
 from reid.evaluation.protocols import Protocol, from_split, leave_one_out, time_aware
-from reid.evaluation.scoring import TARGET_FALSE_NEW, Evaluation, evaluate
+from reid.evaluation.results import HEADLINE, json_safe, queries_table
+from reid.evaluation.scoring import TARGET_FALSE_NEW, evaluate
 from reid.serving import lookup
 
 JOB = "evaluate"
 METRICS = "metrics.json"
 QUERIES = "queries.parquet"
-HEADLINE = [
-    "accuracy@1",
-    "accuracy@5",
-    "accuracy@10",
-    "map",
-    "map@r",
-    "auroc_new",
-    "baks",
-    "baus",
-    "baks_baus_gmean",
-    "threshold",
-    "threshold_best",
-    "baks_baus_gmean_best",
-]
 
 
 class EvaluateConfig(JobConfig):
@@ -123,43 +107,6 @@ def build_protocol(cfg: EvaluateConfig, data: EvalData) -> Protocol:
     return leave_one_out(data)
 
 
-def _clean(v):
-    """JSON-safe values: NaN becomes null."""
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    return v
-
-
-def queries_table(data: EvalData, ev: Evaluation) -> pa.Table:
-    """One row per query: its individual, whether it is known to the gallery, its top candidates."""
-    g = ev.gallery_rows
-    idx, sc = ev.neighbours.indices, ev.neighbours.scores
-    cand_ids, cand_ind, cand_sc, first = [], [], [], []
-    for qpos, qrow in enumerate(ev.query_rows):
-        keep = idx[qpos] >= 0
-        rows = g[idx[qpos][keep]]
-        cand_ids.append(data.ids[rows].tolist())
-        labs = data.labels[rows].tolist()
-        cand_ind.append(labs)
-        cand_sc.append(sc[qpos][keep].astype(np.float32).tolist())
-        hit = [r for r, lab in enumerate(labs, 1) if lab == data.labels[qrow]]
-        first.append(hit[0] if hit else None)
-    return pa.table(
-        {
-            "query_id": pa.array(data.ids[ev.query_rows].tolist(), pa.string()),
-            "individual_id": pa.array(data.labels[ev.query_rows].tolist(), pa.string()),
-            "known": pa.array(ev.known.tolist(), pa.bool_()),
-            "top1_correct": pa.array(ev.top1_correct.tolist(), pa.bool_()),
-            "first_correct_rank": pa.array(first, pa.int32()),
-            "candidate_ids": pa.array(cand_ids, pa.list_(pa.string())),
-            "candidate_individuals": pa.array(cand_ind, pa.list_(pa.string())),
-            "candidate_scores": pa.array(cand_sc, pa.list_(pa.float32())),
-        }
-    )
-
-
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate one model's embeddings under one protocol; returns the summary (metrics included)."""
     started, t0 = manifest.now(), time.perf_counter()
@@ -191,11 +138,11 @@ def run(cfg: EvaluateConfig) -> dict:
             f"this protocol ({protocol.description}); nothing to score"
         )
     model_id = data.model_id or (emb_manifest or {}).get("model_id")
-    metrics_doc = {k: _clean(ev.metrics[k]) for k in HEADLINE if k in ev.metrics}
-    metrics_doc.update({k: _clean(v) for k, v in ev.metrics.items() if k not in metrics_doc})
+    metrics_doc = {k: json_safe(ev.metrics[k]) for k in HEADLINE if k in ev.metrics}
+    metrics_doc.update({k: json_safe(v) for k, v in ev.metrics.items() if k not in metrics_doc})
     metrics_doc.update(
         {
-            "accuracy_at_k": {str(k): _clean(v) for k, v in ev.accuracy_at_k.items()},
+            "accuracy_at_k": {str(k): json_safe(v) for k, v in ev.accuracy_at_k.items()},
             "threshold_source": ev.threshold_source,
             "protocol": {
                 "name": protocol.name,
