@@ -39,7 +39,7 @@ def _register_all() -> None:
         if hasattr(module, "register"):  # a module with commands of its own (serve, submit)
             module.register(app)
         for job in jobs.values():
-            if job.run.__module__ == name:
+            if job.module == name:
                 add_commands(app, job)
 
 

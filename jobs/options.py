@@ -114,8 +114,6 @@ def _alias_parameter(alias: Alias) -> inspect.Parameter:
     name = f"alias_{alias.name}"
     if alias.positional:
         info = typer.Argument(None, metavar=alias.name.upper(), hidden=True)
-    elif alias.cli_type is bool:
-        info = typer.Option(None, "--" + alias.name.replace("_", "-"), hidden=True)
     else:
         info = typer.Option(None, "--" + alias.name.replace("_", "-"), hidden=True)
     return inspect.Parameter(

@@ -243,5 +243,6 @@ add_job(
         runtime=frozenset({"plan", *RAY}),
         flags={"set": Flag(("--set",)), "force": Flag(("--force",))},
         other_names=("run",),
+        writes=False,
     )
 )

@@ -95,6 +95,7 @@ class Job:
     show: Callable[[Any, dict], None] | None = None  # prints the summary (default: the table)
     settings_file: Callable[[str], dict] | None = None  # --config FILE: values under the options
     other_names: tuple[str, ...] = ()  # hidden command names that run the same job
+    writes: bool = True  # False for a job whose steps write (pipeline): no Output field of its own
 
     def __post_init__(self) -> None:
         fields = set(self.config.model_fields)
@@ -102,8 +103,13 @@ class Job:
         unknown = sorted(named - fields)
         if unknown:
             raise TypeError(f"job {self.name}: {self.config.__name__} has no field(s) {', '.join(unknown)}")
-        if not self.outputs and self.name != "pipeline":
+        if self.writes and not self.outputs:
             raise TypeError(f"job {self.name}: {self.config.__name__} has no Output field")
+
+    @property
+    def module(self) -> str:
+        """The module that defines the job (its ``run``)."""
+        return self.run.__module__
 
     @property
     def inputs(self) -> tuple[str, ...]:

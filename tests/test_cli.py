@@ -10,7 +10,7 @@ def test_every_listed_job_imports_and_registers():
     jobs = registry.jobs()
     for name in JOB_MODULES:
         module = importlib.import_module(name)
-        registered = [j for j in jobs.values() if j.run.__module__ == name]
+        registered = [j for j in jobs.values() if j.module == name]
         assert registered or hasattr(module, "register"), name  # a job, or commands of its own
 
 
