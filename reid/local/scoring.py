@@ -40,6 +40,7 @@ from reid.local.rerank import burst_pairs, shortlist_inliers
 __all__ = ["RANKINGS", "compare", "evaluate_features", "side_by_side"]
 
 RANKINGS = ("global", "local", "fused")
+FULL_RANKING_MAX = 4096  # galleries up to this size are ranked whole
 
 
 def _ap(hits: np.ndarray, n_pos: int) -> float:
@@ -66,7 +67,9 @@ def compare(
     loo = protocol.gallery is None
     bmax = max(shortlists)
     ql, gl = data.labels[q_rows], data.labels[g_rows]
-    depth = min(len(g_rows), 2 * bmax + 64)
+    # the whole ranking when the gallery is small (exact mAP); else 2B + 64 deep (mAP: a lower bound,
+    # positives beyond the depth count as never found)
+    depth = len(g_rows) if len(g_rows) <= FULL_RANKING_MAX else min(len(g_rows), 2 * bmax + 64)
     nb = metrics.nearest(
         data.emb[q_rows],
         None if loo else data.emb[g_rows],
