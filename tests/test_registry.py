@@ -5,6 +5,7 @@ pipeline step stale."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -158,3 +159,22 @@ def test_old_spellings_still_work_hidden(tmp_path):
     assert match.exclude_self is True
     params = {p.name: p for p in _click(JOBS["match"]).params}
     assert params["alias_include_self"].hidden and not params["exclude_self"].hidden
+
+
+def test_no_job_imports_another_job():
+    """Shared code lives in reid/ (domain) or cluster/ (Ray wiring), never in another job's module."""
+    import ast
+    import importlib
+
+    job_modules = {job.module for job in JOBS.values()}
+    for name in job_modules:
+        source = importlib.import_module(name).__file__
+        tree = ast.parse(Path(source).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        assert not (imported & (job_modules - {name})), f"{name} imports {imported & job_modules}"
