@@ -58,6 +58,11 @@ def screenshot_review(url: str, out: Path, width: int = 1400, height: int = 1000
         page.goto(url + "/review", wait_until="load")
         page.wait_for_selector("#view[data-item-id]")
         page.fill("#reviewer", "ana")
+        page.click("h1")  # keys are shortcuts again
+        for _ in range(20):  # the first item that has a candidate to compare with
+            if page.get_attribute("#img-cand", "src"):
+                break
+            page.keyboard.press("ArrowDown")
         chromium.wait_until(
             page, "[...document.images].every(i => i.complete && (i.naturalWidth > 0 || !i.src))"
         )

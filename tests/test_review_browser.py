@@ -49,7 +49,7 @@ def test_review_queue_decisions_shape_the_next_match(reviewed, tmp_path):  # noq
     app = create_app(reviewed["index"], reviewed["model"], matches=reviewed["matches"], reviews=decisions,
                      id_format=ID_FORMAT)  # fmt: skip
     desk = app.state.desk
-    by_file = {it["query"]["file"]: it for it in desk.page(limit=200)["items"]}
+    by_file = {it["query"]["file"]: it for it in desk.page(kind="uncertain", limit=200)["items"]}
     new_item = desk.page(limit=1)["items"][0]
     resighting, stranger = by_file["resighting.png"], by_file["stranger-b.jpg"]
     assert new_item["kind"] == "new" and new_item["impact"] == 2  # the two shots of one new animal
