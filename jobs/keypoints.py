@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from cluster.runtime import ray_get
@@ -141,11 +140,7 @@ def run(cfg: KeypointsConfig) -> dict:
 def _finalize(
     cfg: KeypointsConfig, settings: ExtractorSettings, units: list, started: str, summary: dict
 ) -> dict:
-    n_rows = 0
-    for u in units:
-        fs, path = storage.resolve(store.unit_uri(cfg.out, u.key))
-        with fs.open_input_file(path) as fh:
-            n_rows += pq.ParquetFile(fh).metadata.num_rows
+    n_rows = store.write_ids(cfg.out, [u.key for u in units])  # image_id -> part, for readers by id
     rej_files = storage.list_files(storage.join(cfg.out, store.REJECTS_DIR), suffix=".parquet")
     rejects = (
         pa.concat_tables([storage.read_parquet(f) for f in rej_files])

@@ -43,6 +43,8 @@ def _check_complete(out: str) -> None:
     for f in store.files:
         ids += storage.read_parquet(f, columns=["image_id"]).column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == N - 1  # every good row exactly once
+    assert sorted(store.where()) == sorted(ids)  # the id table (_ids.parquet) finds each of them
+    assert storage.read_parquet(storage.join(out, "_ids.parquet")).num_rows == N - 1
     rejects = archive.read_rejects(out)
     assert rejects.column("image_id").to_pylist() == ["img007"]
     assert rejects.column("reason")[0].as_py().startswith("corrupt")

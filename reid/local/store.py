@@ -25,11 +25,13 @@ from reid.local.extract import Features
 
 __all__ = [
     "FEATURES_SCHEMA",
+    "IDS",
     "JOB",
     "FeatureStore",
     "Unit",
     "decode_row",
     "extract_unit",
+    "write_ids",
     "features_rows",
     "plan_units",
     "read_features",
@@ -38,6 +40,7 @@ __all__ = [
 
 JOB = "keypoints"
 REJECTS_DIR = "_rejects"
+IDS = "_ids.parquet"  # image_id -> part file name, written with the manifest (one read finds any image)
 FEATURES_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -81,6 +84,23 @@ def plan_units(archive_uri: str) -> list[Unit]:
 
 def unit_uri(out: str, key: str) -> str:
     return storage.join(out, f"part-{key}.parquet")
+
+
+def write_ids(out: str, keys: list[str]) -> int:
+    """The id table of a complete output (``_ids.parquet``: image_id, part); returns its rows."""
+    tables = []
+    for key in keys:
+        ids = storage.read_parquet(unit_uri(out, key), columns=["image_id"]).column("image_id")
+        tables.append(
+            pa.table({"image_id": ids, "part": pa.array([f"part-{key}.parquet"] * len(ids), pa.string())})
+        )
+    table = (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table({"image_id": pa.array([], pa.string()), "part": pa.array([], pa.string())})
+    )
+    storage.write_parquet(table, storage.join(out, IDS))
+    return table.num_rows
 
 
 def features_rows(image_ids: list[str], feats: list[Features], features_id: str) -> pa.Table:
@@ -133,9 +153,17 @@ class FeatureStore:
         self._where: dict[str, int] | None = None
 
     def where(self) -> dict[str, int]:
-        """image_id -> part file number (read once: the id column only)."""
+        """image_id -> part file number (read once: the id table, else each part's id column)."""
         if self._where is None:
             self._where = {}
+            ids_uri = storage.join(self.uri, IDS)
+            if storage.exists(ids_uri):
+                t = storage.read_parquet(ids_uri)
+                number = {f.rsplit("/", 1)[-1]: i for i, f in enumerate(self.files)}
+                for image_id, part in zip(t.column("image_id").to_pylist(), t.column("part").to_pylist()):
+                    if part in number:
+                        self._where[image_id] = number[part]
+                return self._where
             for i, f in enumerate(self.files):
                 for image_id in storage.read_parquet(f, columns=["image_id"]).column("image_id").to_pylist():
                     self._where[image_id] = i
