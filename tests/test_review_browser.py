@@ -118,3 +118,20 @@ def test_review_queue_decisions_shape_the_next_match(reviewed, tmp_path):  # noq
     assert m[-1]["survey"] == "2023" and m[-1]["seen_confirmed"] == 2  # the new individual + the resighting
     lineage = json.loads(storage.read_text(storage.join(out, "_manifest.json")))
     assert lineage["reviews"]["labels"] == 3 and lineage["config"]["reviews"] == decisions
+    assert decisions in [i["uri"] for i in lineage["inputs"]]
+
+    # `reid index --reviews`: the next index holds the reviewed labels in its id tables
+    from jobs.index import IndexConfig
+    from jobs.index import run as index
+    from reid.search.allvsall import gallery_table
+    from reid.search.index_store import open_index
+
+    emb = json.loads(storage.read_text(storage.join(reviewed["index"], "_manifest.json")))["config"][
+        "embeddings"
+    ]
+    idx = str(tmp_path / "index")
+    index(IndexConfig(embeddings=emb, out=idx, num_cpus=2, reviews=decisions, id_format=ID_FORMAT))
+    g = gallery_table(open_index(idx))
+    labels = dict(zip(g["image_id"].to_pylist(), g["individual_id"].to_pylist(), strict=True))
+    assert {labels[s] for s in shots} == {"NYL-2023-0001"} and labels[q] == resighting["candidate_individual"]
+    assert labels[s] is None  # the rejected stranger stays unlabelled
