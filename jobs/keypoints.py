@@ -33,6 +33,7 @@ from reid.local.extract import EXTRACTORS, ExtractorSettings
 from reid.schema import REJECTS_SCHEMA, check_unique
 
 JOB = store.JOB
+_DEFAULT = ExtractorSettings()  # the extractor's defaults: written once, in reid.local.extract
 
 
 class KeypointsConfig(JobConfig):
@@ -40,10 +41,16 @@ class KeypointsConfig(JobConfig):
 
     archive: Input = Field(description="archive path or s3:// URI")
     out: Output = Field(description="features output path or s3:// URI (one per extractor setting)")
-    extractor: str = Field("sift", description="registered extractor name")
-    long_side: int = Field(384, ge=32, le=4096, description="crop resized to this long side (pixels)")
-    max_keypoints: int = Field(1000, ge=1, le=20000, description="strongest keypoints kept per image")
-    contrast_threshold: float = Field(0.02, gt=0, description="SIFT contrast threshold")
+    extractor: str = Field(_DEFAULT.name, description="registered extractor name")
+    long_side: int = Field(
+        _DEFAULT.long_side, ge=32, le=4096, description="crop resized to this long side (pixels)"
+    )
+    max_keypoints: int = Field(
+        _DEFAULT.max_keypoints, ge=1, le=20000, description="strongest keypoints kept per image"
+    )
+    contrast_threshold: float = Field(
+        _DEFAULT.contrast_threshold, gt=0, description="SIFT contrast threshold"
+    )
     workers: int | None = Field(None, ge=1, description="tasks in flight (default: one per CPU)")
     force: bool = Field(False, description="recompute everything, even committed units")
     address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local Ray)")
