@@ -76,6 +76,7 @@ def test_cli_offers_every_field_with_the_config_default(name):
     assert set(options) == set(job.config.model_fields) - hidden
     params = {p.name: p for p in _click(job).params}
     for field, opt in options.items():
+        assert opt.help, f"{name} {field}: give the field a description= (it is the option's help)"
         param = params[field]
         info = job.config.model_fields[field]
         assert param.required == (info.is_required() and field not in {a.field for a in job.aliases})
