@@ -3,8 +3,9 @@
 Each table of the file is a step: a job (the table's name, or ``job = "..."``) and its config
 fields. ``${name}`` takes a value from ``[vars]``; ``${step.field}`` takes another step's field and
 makes that step run first. A step is skipped when its output is committed and current: its
-``_manifest.json`` exists, records the same config (execution settings such as CPUs or actors
-aside), and its inputs still carry the manifests it was built from. So "reprocess the archive with
+``_manifest.json`` exists, records the same config (the job's runtime settings, such as workers,
+CPUs or actors, aside: each job declares them in :mod:`jobs.registry`), and its inputs still carry
+the manifests it was built from. Reading the file (vars, references, order) is :mod:`reid.graph`. So "reprocess the archive with
 model v2 and rebuild the population index" is one command::
 
     reid pipeline survey.toml --set model=s3://bucket/models/v2 --set tag=v2
