@@ -234,3 +234,12 @@ def test_desk_builds_decisions_from_the_item_shown(tmp_path):
         desk.undo("nope")
     with pytest.raises(ReidError, match="no queue item"):
         desk.decide("new:gone", "new")
+
+
+def test_queue_refuses_what_is_not_an_all_vs_all_match(tmp_path):
+    out = write_match_output(tmp_path)
+    storage.delete(storage.join(out, "identities.parquet"))
+    with pytest.raises(ReidError, match="all-vs-all"):
+        load_queue(out)
+    with pytest.raises(ReidError, match="not found"):
+        load_queue(str(tmp_path / "nothing"))

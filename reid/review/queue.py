@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reid import manifest, storage
+from reid.errors import ReidError
 from reid.review.resolve import Resolution
 
 __all__ = ["ALTERNATIVES", "KINDS", "Queue", "load_queue", "score_bounds"]
@@ -182,6 +183,10 @@ class Queue:
 def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
     """The queue of a committed all-vs-all ``reid match`` output."""
     m = manifest.require_manifest(uri, job="match")
+    if not storage.exists(storage.join(uri, "identities.parquet")):
+        raise ReidError(
+            f"{uri}: a `reid match --query` output has no identities to review; pass an all-vs-all match output"
+        )
     decisions = storage.read_parquet(storage.join(uri, "decisions.parquet"))
     proposed = storage.read_parquet(storage.join(uri, "new_individuals.parquet"))
     identities = storage.read_parquet(storage.join(uri, "identities.parquet"))
