@@ -69,33 +69,6 @@ class IngestConfig(JobConfig):
         return ingest.ReadOptions(self.image_root, self.min_confidence, tuple(self.categories))
 
 
-def _plan(
-    candidates: list[ingest.Candidate], existing: dict[str, dict]
-) -> tuple[list[ingest.Candidate], list[dict], dict[str, dict], int]:
-    """Split candidates: to load, duplicate rejects, changes to existing rows, count already present."""
-    todo: list[ingest.Candidate] = []
-    rejects: list[dict] = []
-    changes: dict[str, dict] = {}
-    first: dict[str, ingest.Candidate] = {}
-    present = 0
-    for c in candidates:
-        image_id = ingest.image_id_for(c)
-        if image_id in first:
-            rejects.append(
-                {"image_id": image_id, "source": c.uri, "reason": ingest.duplicate_reason(c, first[image_id])}
-            )
-            continue
-        first[image_id] = c
-        if image_id in existing:
-            present += 1
-            diff = ingest.differences(c, existing[image_id])
-            if diff:
-                changes[image_id] = diff
-            continue
-        todo.append(c)
-    return todo, rejects, changes, present
-
-
 def _sources(previous: dict | None, src: str) -> list[str]:
     """Every source ingested into this archive so far, in order, this one last."""
     earlier = [i.get("uri") for i in (previous or {}).get("inputs", []) if isinstance(i, dict)]
@@ -112,7 +85,7 @@ def run(cfg: IngestConfig) -> dict:
     src = ingest.absolute_uri(cfg.src)
     candidates = ingest.scan(src, cfg.species, cfg.survey, cfg.format, cfg.read_options())
     existing = archive.existing_metadata(cfg.out, list(ingest.COMPARED))
-    todo, rejects, changes, present = _plan(candidates, existing)
+    todo, rejects, changes, present = ingest.triage(candidates, existing)
     writer = archive.ArchiveWriter(cfg.out, skip_ids=existing)
     budget = ingest.PixelBudget(cfg.decode_megapixels * 1_000_000)
     with ThreadPoolExecutor(cfg.threads) as pool:
@@ -120,7 +93,7 @@ def run(cfg: IngestConfig) -> dict:
         for row, reject in progress(loaded, total=len(todo), desc="ingest"):
             if reject is not None:
                 rejects.append(reject)
-            elif not writer.add(row):  # _plan removed repeats; kept so nothing is ever unaccounted
+            elif not writer.add(row):  # triage removed repeats; kept so nothing is ever unaccounted
                 rejects.append({**writer.skipped[-1], "reason": "duplicate: image_id already written"})
     writer.close()
     updated = archive.update_rows(cfg.out, changes) if (changes and cfg.update) else []

@@ -49,6 +49,7 @@ __all__ = [
     "load",
     "photo_id_for",
     "scan",
+    "triage",
 ]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
@@ -307,3 +308,30 @@ def pixel_box(data: bytes, box: dict) -> dict:
     except Exception:  # noqa: BLE001 - decode() names what is wrong with the file
         return box
     return {"x": box["x"] * w, "y": box["y"] * h, "w": box["w"] * w, "h": box["h"] * h}
+
+
+def triage(
+    candidates: list[Candidate], existing: dict[str, dict]
+) -> tuple[list[Candidate], list[dict], dict[str, dict], int]:
+    """Split candidates: to load, duplicate rejects, changes to existing rows, count already present."""
+    todo: list[Candidate] = []
+    rejects: list[dict] = []
+    changes: dict[str, dict] = {}
+    first: dict[str, Candidate] = {}
+    present = 0
+    for c in candidates:
+        image_id = image_id_for(c)
+        if image_id in first:
+            rejects.append(
+                {"image_id": image_id, "source": c.uri, "reason": duplicate_reason(c, first[image_id])}
+            )
+            continue
+        first[image_id] = c
+        if image_id in existing:
+            present += 1
+            diff = differences(c, existing[image_id])
+            if diff:
+                changes[image_id] = diff
+            continue
+        todo.append(c)
+    return todo, rejects, changes, present
