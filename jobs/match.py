@@ -158,6 +158,8 @@ def decide_blocks(
         edges.append(matches.filter(keep).select(["query_id", "neighbor_id", "score"]))
     decisions = pa.concat_tables(decisions)
     proposed = matching.group_new(decisions, pa.concat_tables(edges), threshold)
+    if reviewed is not None:  # a rejected pair is not joined through other photos either
+        proposed = reviewed.separate(proposed)
     return decisions, proposed, n_matches
 
 

@@ -243,3 +243,21 @@ def test_queue_refuses_what_is_not_an_all_vs_all_match(tmp_path):
         load_queue(out)
     with pytest.raises(ReidError, match="not found"):
         load_queue(str(tmp_path / "nothing"))
+
+
+def test_a_rejected_pair_is_not_joined_through_others(tmp_path):
+    folder = log(
+        tmp_path,
+        ("new", "x", "Spot", "ana"),
+        ("different", "y", None, "ana", {"candidate_image_id": "x"}),
+        ("different", "a", None, "ana", {"candidate_image_id": "b"}),
+    )
+    reviewed = apply.load(folder)
+    # y may not reach x's reviewed identity through another photo of it (z, now labelled Spot too)
+    matches = pa.table({"query_id": ["y", "y"], "neighbor_id": ["z", "w"],
+                        "neighbor_individual_id": pa.array(["Spot", "Other"], pa.string())})  # fmt: skip
+    assert reviewed.filter_matches(matches)["neighbor_id"].to_pylist() == ["w"]
+    # a and b grouped into one proposed individual through c: b leaves for a group of its own
+    proposed = pa.table({"image_id": ["a", "b", "c"], "proposed_individual": ["new-1", "new-1", "new-1"]})
+    groups = reviewed.separate(proposed)["proposed_individual"].to_pylist()
+    assert groups[0] == groups[2] == "new-1" and groups[1] not in ("new-1", None)

@@ -3,7 +3,8 @@
 * confirmed photos carry their reviewed identity as a label (queries and gallery neighbours alike,
   so a confirmed photo also names the photos that match it);
 * merged individuals are relabelled to the one kept;
-* rejected pairs are removed from the match rows, so the pair is never linked by a direct match;
+* rejected pairs are removed from the match rows, so the pair is never linked by a direct match,
+  nor through the reviewed identity of one of them, nor inside a proposed new individual;
 * the identities table marks confirmed photos ``basis = "confirmed"`` (what a reviewer confirmed,
   kept apart from what the model proposed).
 """
@@ -44,6 +45,29 @@ class Reviewed:
         self.rejected |= {a + SEP + b for a, b in res.rejected_images} | {
             b + SEP + a for a, b in res.rejected_images
         }
+        for (
+            a,
+            b,
+        ) in res.rejected_images:  # a photo ruled out is also ruled out of the other's reviewed identity
+            for x, y in ((a, b), (b, a)):
+                if y in self.labels:
+                    self.rejected.add(x + SEP + self.labels[y])
+
+    def separate(self, proposed: pa.Table) -> pa.Table:
+        """Proposed new individuals without a rejected pair inside: of a pair grouped together
+        (through other photos: direct links are already gone), the photo that sorts later leaves
+        for a proposed individual of its own."""
+        if not self.res.rejected_images or not len(proposed):
+            return proposed
+        ids = proposed.column("image_id").to_pylist()
+        group = dict(zip(ids, proposed.column("proposed_individual").to_pylist(), strict=True))
+        for a, b in sorted(self.res.rejected_images):
+            if a in group and b in group and group[a] == group[b]:
+                group[b] = "new-" + hashlib.sha1(b.encode()).hexdigest()[:12]
+        names = pa.array([group[i] for i in ids], pa.string())
+        return proposed.set_column(
+            proposed.schema.get_field_index("proposed_individual"), "proposed_individual", names
+        )
 
     def relabel(
         self, table: pa.Table, id_col: str = "image_id", label_col: str = "individual_id"
