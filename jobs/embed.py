@@ -22,7 +22,6 @@ import time
 from collections import defaultdict
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from jobs.common import (
@@ -43,12 +42,12 @@ from reid.inference import (
     Embedder,
     check_region_decoder,
     commit_unit,
+    gather_units,
     plan_units,
     unit_uri,
 )
 from reid.progress import progress
 from reid.schema import (
-    REJECTS_SCHEMA,
     check_unique,
 )
 
@@ -210,19 +209,8 @@ def _run_pipeline(cfg: EmbedConfig, spec, todo: list[dict]) -> tuple[int, int, d
 
 
 def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: dict) -> dict:
-    parts = [unit_uri(cfg.out, u["unit"]) for u in units]
-    n_rows = sum(
-        pq.ParquetFile(storage.resolve(p)[0].open_input_file(storage.resolve(p)[1])).metadata.num_rows
-        for p in parts
-    )
-    rej_files = storage.list_files(storage.join(cfg.out, REJECTS_DIR), suffix=".parquet")
-    rejects = (
-        pa.concat_tables([storage.read_parquet(f) for f in rej_files])
-        if rej_files
-        else REJECTS_SCHEMA.empty_table()
-    )
-    storage.write_parquet(rejects, storage.join(cfg.out, archive.REJECTS))
-    counts = {"embeddings": n_rows, "rejects": rejects.num_rows, "units": len(units)}
+    n_rows, n_rejects = gather_units(cfg.out, units)
+    counts = {"embeddings": n_rows, "rejects": n_rejects, "units": len(units)}
     manifest.write_manifest(
         cfg.out,
         JOB,
@@ -235,7 +223,7 @@ def _finalize(cfg: EmbedConfig, spec, units: list[dict], started: str, summary: 
         model_spec=spec.to_dict() if hasattr(spec, "to_dict") else None,
         run={k: summary[k] for k in ("wall_s", "images_per_s") if k in summary},
     )
-    return {"total_embeddings": n_rows, "total_rejects": rejects.num_rows}
+    return {"total_embeddings": n_rows, "total_rejects": n_rejects}
 
 
 def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:

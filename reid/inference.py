@@ -33,6 +33,7 @@ __all__ = [
     "check_region_decoder",
     "commit_unit",
     "decode_units",
+    "gather_units",
     "plan_units",
     "read_row_group",
     "unit_uri",
@@ -215,3 +216,21 @@ def commit_unit(
     table = conform(pa.table(cols), embeddings_schema(dim))
     storage.write_parquet(table, unit_uri(out, unit["unit"]))
     return len(good), len(bad)
+
+
+def gather_units(out: str, units: list[dict]) -> tuple[int, int]:
+    """Once every unit is committed: the rows of all parts, and every unit's rejects gathered into
+    ``OUT/_rejects.parquet`` (an empty table when none). Returns (embeddings, rejects)."""
+    n_rows = 0
+    for u in units:
+        fs, path = storage.resolve(unit_uri(out, u["unit"]))
+        with fs.open_input_file(path) as f:
+            n_rows += pq.ParquetFile(f).metadata.num_rows
+    rej_files = storage.list_files(storage.join(out, REJECTS_DIR), suffix=".parquet")
+    rejects = (
+        pa.concat_tables([storage.read_parquet(f) for f in rej_files])
+        if rej_files
+        else REJECTS_SCHEMA.empty_table()
+    )
+    storage.write_parquet(rejects, storage.join(out, archive.REJECTS))
+    return n_rows, rejects.num_rows
