@@ -40,6 +40,7 @@ function showError(message) {
 async function loadInfo() {
   info = await api("/api/info");
   const thr = info.threshold === null ? "none (no calibration)" : fmt(info.threshold);
+  $("#queue-link").hidden = !info.matches;
   $("#index-info").textContent =
     `${info.images} photos of ${info.individuals} known individuals · index ${info.version} · ` +
     `model ${info.backbone} (${info.model_id}) · new-individual threshold ${thr} (${info.threshold_source})`;
