@@ -161,6 +161,50 @@ def reviewed(served, tmp_path_factory) -> dict[str, str]:
     return _BUILT["review"]
 
 
+def hand_made_matches(root: Path) -> str:
+    """A small all-vs-all match output written by hand (``root/matches``): labelled l1-l3 (A, A, B),
+    unlabelled u1-u3 (matched), u4-u5 (one proposed new individual), over surveys 2021-2023."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from reid import manifest, matching, storage
+
+    out = str(root / "matches")
+    at = lambda d: dt.datetime.fromisoformat(d + "T10:00:00+00:00")  # noqa: E731
+    queries = pa.table({
+        "image_id": ["l1", "l2", "l3", "u1", "u2", "u3", "u4", "u5"],
+        "individual_id": pa.array(["A", "A", "B", None, None, None, None, None], pa.string()),
+        "survey": ["2021", "2021", "2021", "2022", "2022", "2022", "2023", "2023"],
+        "captured_at": [at("2021-05-01"), at("2021-05-02"), at("2021-06-01"), at("2022-05-01"),
+                        at("2022-05-01"), at("2022-07-01"), at("2023-03-01"), at("2023-03-02")],
+        "camera_id": ["c1", "c1", "c2", "c1", "c1", "c2", "c3", "c3"],
+    })  # fmt: skip
+    decisions = pa.table({
+        "query_id": queries["image_id"],
+        "predicted_individual": ["A", "B", "B", "A", "A", "B", "A", "A"],
+        "score": pa.array([0.99, 0.95, 0.97, 0.8, 0.85, 0.97, 0.3, 0.2], pa.float32()),
+        "is_new": [False, False, False, False, False, False, True, True],
+        "survey": queries["survey"], "individual_id": queries["individual_id"],
+    }, schema=matching.DECISIONS_SCHEMA)  # fmt: skip
+    proposed = pa.table({"image_id": ["u4", "u5"], "proposed_individual": ["new-abc", "new-abc"]},
+                        schema=matching.PROPOSED_SCHEMA)  # fmt: skip
+    identities = pa.table({"image_id": queries["image_id"], "survey": queries["survey"],
+                           "identity": ["A", "A", "B", "A", "A", "B", "new-abc", "new-abc"],
+                           "basis": ["label"] * 3 + ["match"] * 3 + ["new"] * 2})  # fmt: skip
+    matches = pa.table({
+        "query_id": ["u1", "u1", "u2", "u3", "u4", "l2"], "neighbor_id": ["l1", "u3", "l1", "l3", "l1", "l3"],
+        "rank": pa.array([1, 2, 1, 1, 1, 1], pa.int32()), "score": [0.8, 0.7, 0.85, 0.97, 0.3, 0.95],
+        "neighbor_individual_id": pa.array(["A", None, "A", "B", "A", "B"], pa.string()),
+    })  # fmt: skip
+    for name, t in [("decisions", decisions), ("new_individuals", proposed), ("identities", identities)]:
+        storage.write_parquet(t, storage.join(out, f"{name}.parquet"))
+    storage.write_parquet(queries, storage.join(out, "queries", "part-00000.parquet"))
+    storage.write_parquet(matches, storage.join(out, "matches", "part-00000.parquet"))
+    manifest.write_manifest(out, "match", {}, [], {}, manifest.now(), threshold=0.5)
+    return out
+
+
 def png(w: int, h: int) -> bytes:
     """A flat-coloured PNG of ``w`` x ``h`` pixels: a few KB of file for any number of pixels."""
     buf = io.BytesIO()

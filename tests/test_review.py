@@ -3,15 +3,14 @@ undo), applied to match tables, and the review queue over a small hand-made matc
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pyarrow as pa
 import pytest
 
-from reid import manifest, matching, review, storage
+from reid import review, storage
 from reid.errors import ConfigError, ReidError
 from reid.review import apply, resolve
 from reid.review.queue import load_queue, score_bounds
+from tests.servedata import hand_made_matches
 
 
 def log(tmp_path, *decisions: tuple) -> str:
@@ -132,42 +131,6 @@ def test_applied_to_match_tables(tmp_path):
 # The queue over a hand-made match output
 
 
-def write_match_output(root) -> str:
-    out = str(root / "matches")
-    at = lambda d: dt.datetime.fromisoformat(d + "T10:00:00+00:00")  # noqa: E731
-    queries = pa.table({
-        "image_id": ["l1", "l2", "l3", "u1", "u2", "u3", "u4", "u5"],
-        "individual_id": pa.array(["A", "A", "B", None, None, None, None, None], pa.string()),
-        "survey": ["2021", "2021", "2021", "2022", "2022", "2022", "2023", "2023"],
-        "captured_at": [at("2021-05-01"), at("2021-05-02"), at("2021-06-01"), at("2022-05-01"),
-                        at("2022-05-01"), at("2022-07-01"), at("2023-03-01"), at("2023-03-02")],
-        "camera_id": ["c1", "c1", "c2", "c1", "c1", "c2", "c3", "c3"],
-    })  # fmt: skip
-    decisions = pa.table({
-        "query_id": queries["image_id"],
-        "predicted_individual": ["A", "B", "B", "A", "A", "B", "A", "A"],
-        "score": pa.array([0.99, 0.95, 0.97, 0.8, 0.85, 0.97, 0.3, 0.2], pa.float32()),
-        "is_new": [False, False, False, False, False, False, True, True],
-        "survey": queries["survey"], "individual_id": queries["individual_id"],
-    }, schema=matching.DECISIONS_SCHEMA)  # fmt: skip
-    proposed = pa.table({"image_id": ["u4", "u5"], "proposed_individual": ["new-abc", "new-abc"]},
-                        schema=matching.PROPOSED_SCHEMA)  # fmt: skip
-    identities = pa.table({"image_id": queries["image_id"], "survey": queries["survey"],
-                           "identity": ["A", "A", "B", "A", "A", "B", "new-abc", "new-abc"],
-                           "basis": ["label"] * 3 + ["match"] * 3 + ["new"] * 2})  # fmt: skip
-    matches = pa.table({
-        "query_id": ["u1", "u1", "u2", "u3", "u4", "l2"], "neighbor_id": ["l1", "u3", "l1", "l3", "l1", "l3"],
-        "rank": pa.array([1, 2, 1, 1, 1, 1], pa.int32()), "score": [0.8, 0.7, 0.85, 0.97, 0.3, 0.95],
-        "neighbor_individual_id": pa.array(["A", None, "A", "B", "A", "B"], pa.string()),
-    })  # fmt: skip
-    for name, t in [("decisions", decisions), ("new_individuals", proposed), ("identities", identities)]:
-        storage.write_parquet(t, storage.join(out, f"{name}.parquet"))
-    storage.write_parquet(queries, storage.join(out, "queries", "part-00000.parquet"))
-    storage.write_parquet(matches, storage.join(out, "matches", "part-00000.parquet"))
-    manifest.write_manifest(out, "match", {}, [], {}, manifest.now(), threshold=0.5)
-    return out
-
-
 def test_score_bounds_from_labelled_queries():
     dec = pa.table({"individual_id": ["A", "A", "B", None], "predicted_individual": ["A", "B", "B", "A"],
                     "score": pa.array([0.99, 0.95, 0.97, 0.8], pa.float32())})  # fmt: skip
@@ -177,7 +140,7 @@ def test_score_bounds_from_labelled_queries():
 
 
 def test_queue_order_filters_paging_and_decided(tmp_path):
-    q = load_queue(write_match_output(tmp_path))
+    q = load_queue(hand_made_matches(tmp_path))
     page = q.page(limit=50)
     kinds = [it["kind"] for it in page["items"]]
     assert kinds[0] == "new" and page["items"][0]["impact"] == 2  # the proposed individual first
@@ -211,7 +174,7 @@ def test_queue_order_filters_paging_and_decided(tmp_path):
 def test_desk_builds_decisions_from_the_item_shown(tmp_path):
     from reid.serving.desk import ReviewDesk
 
-    desk = ReviewDesk(write_match_output(tmp_path), str(tmp_path / "rev"), "T-{year}-{n}")
+    desk = ReviewDesk(hand_made_matches(tmp_path), str(tmp_path / "rev"), "T-{year}-{n}")
     page = desk.page(limit=50)
     by_query = {it["query"]["image_id"]: it for it in page["items"]}
     u2 = by_query["u2"]
@@ -237,7 +200,7 @@ def test_desk_builds_decisions_from_the_item_shown(tmp_path):
 
 
 def test_queue_refuses_what_is_not_an_all_vs_all_match(tmp_path):
-    out = write_match_output(tmp_path)
+    out = hand_made_matches(tmp_path)
     storage.delete(storage.join(out, "identities.parquet"))
     with pytest.raises(ReidError, match="all-vs-all"):
         load_queue(out)

@@ -405,3 +405,62 @@ def test_bad_serve_options_are_one_line_errors(args, words, tmp_path):
     r = CliRunner().invoke(app, ["serve", "--index", str(tmp_path), "--model", str(tmp_path), *args])
     assert isinstance(r.exception, ConfigError), r.output
     assert words in str(r.exception) and "\n" not in str(r.exception)
+
+
+# --------------------------------------------------------------------------------------------
+# The review queue API (a hand-made match output; decisions under a folder of their own)
+
+
+@pytest.mark.ray
+def test_review_queue_api(client, served, tmp_path):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from jobs.serve import create_app
+    from tests.servedata import hand_made_matches
+
+    assert client.get("/api/queue").status_code == 404  # served without --matches
+    assert "--matches" in client.get("/api/queue").json()["error"]
+    reviews = str(tmp_path / "reviews")
+    app = create_app(served["index"], served["model"], matches=hand_made_matches(tmp_path), reviews=reviews,
+                     id_format="T-{year}-{n:03d}")  # fmt: skip
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        page = c.get("/api/queue?limit=2").json()
+        assert page["total"] == page["open"] == 5 and len(page["items"]) == 2 and page["decided"] == 0
+        assert page["items"][0]["kind"] == "new" and page["items"][0]["query"]["survey"] == "2023"
+        assert {it["query"]["image_id"] for it in c.get("/api/queue?survey=2022").json()["items"]} == {
+            "u1",
+            "u2",
+        }
+        assert c.get("/api/queue?date_from=2023-01-01&kind=new").json()["total"] == 1
+        new = c.post(
+            "/api/review", json={"item_id": page["items"][0]["item_id"], "answer": "new", "reviewer": "ana"}
+        )
+        assert new.status_code == 200 and new.json()["stored"]["minted"] == "T-2023-001"
+        u2 = "uncertain:u2"
+        assert (
+            c.post("/api/review", json={"item_id": u2, "answer": "same", "reviewer": "ana"}).status_code
+            == 200
+        )
+        bo = c.post("/api/review", json={"item_id": u2, "answer": "different", "reviewer": "bo"}).json()[
+            "stored"
+        ]
+        after = c.get("/api/queue").json()
+        assert after["items"][0]["kind"] == "conflict" and after["reviews"]["conflicts"] == 1
+        assert (
+            c.post("/api/review/undo", json={"review_id": bo["review_id"], "reviewer": "bo"}).status_code
+            == 200
+        )
+        settled = c.get("/api/queue").json()
+        assert settled["reviews"]["conflicts"] == 0 and settled["decided"] == 2
+        bad = [
+            ({"item_id": u2, "answer": "maybe"}, 422),
+            ({"item_id": "new:none", "answer": "new"}, 400),
+            ({"item_id": u2, "answer": "same", "candidate": "Z"}, 400),
+        ]
+        for body, status in bad:
+            assert c.post("/api/review", json=body).status_code == status, body
+        cross = c.post(
+            "/api/review", json={"item_id": u2, "answer": "new"}, headers={"Origin": "http://evil.example"}
+        )
+        assert cross.status_code == 403
+    assert len(review.read_reviews(reviews)) == 4  # new, same, different, undo: nothing else stored
