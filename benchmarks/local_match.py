@@ -125,22 +125,28 @@ def score_chunk(feats_ref, queries, cands, settings) -> int:
     )
 
 
-def ray_scaling(feats, queries, cands, settings, workers: list[int]) -> dict:
+def ray_scaling(feats, queries, cands, settings, workers: list[int], tasks: int = 8) -> dict:
+    """Pairs/s with 1, then 2, ... tasks in flight; each task gets only its own images' features
+    (as a re-rank task reads only its images), ``tasks`` tasks per run."""
     import ray
 
     from cluster.runtime import connect
 
     connect(num_cpus=max(workers))
-    ref = ray.put(feats)
     task = ray.remote(score_chunk).options(num_cpus=1)
-    ray.get(task.remote(ref, queries[:1], [cands[0][:2]], settings))  # workers started
-    chunks = [(queries[i : i + 1], cands[i : i + 1]) for i in range(len(queries))]
+    ray.get([task.remote({}, [], [], settings) for _ in workers])  # workers started
+    per = max(1, len(queries) // tasks)
+    chunks = []
+    for i in range(0, len(queries), per):
+        qs, cs = queries[i : i + per], cands[i : i + per]
+        need = set(qs) | {c for row in cs for c in row}
+        chunks.append((ray.put({k: feats[k] for k in need}), qs, cs))
     out = {}
     for w in workers:
         t0, pending, done, it = time.perf_counter(), [], 0, iter(chunks)
         while True:
             while len(pending) < w and (c := next(it, None)) is not None:
-                pending.append(task.remote(ref, c[0], c[1], settings))
+                pending.append(task.remote(*c, settings))
             if not pending:
                 break
             ready, pending = ray.wait(pending, num_returns=1)
