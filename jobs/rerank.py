@@ -21,6 +21,7 @@ from cluster.runtime import ray_get
 from jobs.common import progress
 from reid import matching, storage
 from reid.embeddings import Block
+from reid.errors import ReidError
 from reid.local import calibration, rerank
 from reid.local.match import MatcherSettings
 from reid.search.index_store import IndexInfo
@@ -128,6 +129,11 @@ def run_rerank(
         c, i, s = rerank.calibration_pairs(t, queries, gallery)
         cos.append(c), inl.append(i), same.append(s)
     cos, inl, same = np.concatenate(cos), np.concatenate(inl), np.concatenate(same)
+    if len(inl) and not (inl >= 0).any():
+        raise ReidError(
+            f"{features}: none of the shortlisted images has local features; run `reid keypoints` on the "
+            "archive these embeddings were made from"
+        )
     if len(same) > MAX_CALIBRATION_PAIRS:
         pick = np.random.default_rng(seed).choice(len(same), MAX_CALIBRATION_PAIRS, replace=False)
         cos, inl, same = cos[pick], inl[pick], same[pick]
