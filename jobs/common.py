@@ -147,11 +147,3 @@ def one_line(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     text = " ".join(ln for ln in lines if not ln.startswith("For further information"))
     return re.sub(r" \[type=[^\]]*\]", "", text)
-
-
-def make(job: str, cls: type[BaseModel], **values: Any) -> Any:
-    """``cls(**values)``, a validation error turned into :func:`options_error`'s one line."""
-    try:
-        return cls(**values)
-    except ValidationError as e:
-        raise options_error(job, e, cls) from None
