@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from jobs.common import check_locations, options_error
+from jobs.common import check_locations, parse_config
 from jobs.registry import Flag, Job, add_job, key_values
 from reid import archive, manifest, storage
 from reid.data.cache import ensure_cache
@@ -44,10 +44,7 @@ def make_config(file: str | None = None, **overrides: Any) -> TrainConfig:
     """File values, then explicit overrides (CLI flags); pydantic errors become a ConfigError."""
     values = load_config_file(file) if file else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**values)
-    except ValueError as e:
-        raise options_error(JOB, e, TrainConfig) from e
+    return parse_config(JOB, TrainConfig, **values)
 
 
 def check(cfg: TrainConfig) -> DataPlan:
