@@ -16,7 +16,11 @@ history is scored against the truth:
 
 * wrong identities: capture-history rows that mix two animals, or repeat an animal another
   (larger) row already stands for, over all rows;
-* wrong photos: photos whose row is not their animal's own.
+* wrong photos: photos whose row is not their animal's own, or that have no row (a rejected match
+  the model would call new is left unresolved, out of the capture history);
+* wrong cells: capture-history cells that differ from the truth (an animal's own row against its
+  true surveys, every cell of the other rows, every true cell of an animal without a row), over
+  the true cells.
 
 Ends with one JSON line of the figures.
 """
@@ -78,25 +82,37 @@ def build(work: Path, model: str | None, train: bool) -> dict[str, str]:
     return p
 
 
-def score(matches: str, truth: dict[str, str]) -> dict:
-    """Wrong identities (mixed or repeated rows) and wrong photos of a match output's identities."""
+def score(matches: str, truth: dict[str, str], survey_of: dict[str, str]) -> dict:
+    """Wrong identities (mixed or repeated rows), wrong photos and wrong capture-history cells."""
     rows = storage.read_parquet(storage.join(matches, "identities.parquet")).to_pylist()
     members: dict[str, list[str]] = collections.defaultdict(list)
+    seen: dict[str, set[str]] = collections.defaultdict(set)  # identity -> surveys
     for r in rows:
         if r["identity"] is not None and r["survey"] is not None:
             members[r["identity"]].append(truth[r["image_id"]])
+            seen[r["identity"]].add(r["survey"])
     majority = {ident: collections.Counter(t).most_common(1)[0] for ident, t in members.items()}
     owner: dict[str, str] = {}  # animal -> the row that stands for it (its largest)
     for ident, (animal, _) in sorted(majority.items(), key=lambda kv: (-kv[1][1], kv[0])):
         owner.setdefault(animal, ident)
     wrong_rows = sum(n < len(members[i]) or owner[a] != i for i, (a, n) in majority.items())
     right_photos = sum(majority[i][1] for i in members if owner[majority[i][0]] == i)
-    photos = sum(len(t) for t in members.values())
+    photos = sum(r["survey"] is not None for r in rows)  # unresolved photos (no identity) count as not right
+    # capture history: an animal's row against its true sightings; other rows' cells are all spurious
+    true_cells: dict[str, set[str]] = collections.defaultdict(set)
+    for r in rows:
+        true_cells[truth[r["image_id"]]].add(survey_of[r["image_id"]])
+    row_of = {i: a for a, i in owner.items()}
+    wrong_cells = sum(len(seen[i] ^ true_cells[row_of[i]]) if i in row_of else len(seen[i]) for i in seen)
+    wrong_cells += sum(len(c) for a, c in true_cells.items() if a not in owner)
     confirmed = sum(r["basis"] == "confirmed" for r in rows)
+    unresolved = sum(r["basis"] == "unresolved" for r in rows)
     return {
-        "rows": len(members), "animals": len(set(truth[r["image_id"]] for r in rows)),
+        "rows": len(members), "animals": len(true_cells),
         "wrong_identities": round(wrong_rows / max(1, len(members)), 4),
-        "wrong_photos": round(1 - right_photos / max(1, photos), 4), "confirmed_photos": confirmed,
+        "wrong_photos": round(1 - right_photos / max(1, photos), 4),
+        "wrong_cells": round(wrong_cells / max(1, sum(len(c) for c in true_cells.values())), 4),
+        "confirmed_photos": confirmed, "unresolved_photos": unresolved,
     }  # fmt: skip
 
 
@@ -170,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         p = build(a.work, a.model, a.train)
         truth_t = read_truth(p["archive"])
         truth = dict(zip(truth_t["image_id"].to_pylist(), truth_t["individual_id"].to_pylist(), strict=True))
+        survey_of = dict(zip(truth_t["image_id"].to_pylist(), truth_t["survey"].to_pylist(), strict=True))
         labelled = {t for t, lab in zip(truth.values(), truth_t["labeled"].to_pylist(), strict=True) if lab}
         queue = load_queue(p["matches"])
         results = []
@@ -182,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             if n:
                 match.run(match.MatchConfig(index=p["index"], out=out, k=10, num_cpus=2, reviews=folder,
                                             id_format=ID_FORMAT))  # fmt: skip
-            results.append({"reviewed": n, **score(out, truth), "answers": dict(answers)})
+            results.append({"reviewed": n, **score(out, truth, survey_of), "answers": dict(answers)})
             print(json.dumps(results[-1]), file=sys.stderr)
     finally:
         shutdown()
@@ -199,23 +216,23 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def figure(runs: list[dict]) -> bytes:
-    """Wrong photos and wrong identities against the queue items reviewed, one line per run (PNG)."""
+    """Wrong photos, cells and identities against the queue items reviewed, one line per run (PNG)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.2, 3.6), dpi=120)
+    fig = Figure(figsize=(10.0, 3.6), dpi=120)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3)
+    panels = [("wrong_photos", "photos in the wrong identity"), ("wrong_cells", "capture-history cells wrong"),
+              ("wrong_identities", "identities mixed or repeated")]  # fmt: skip
     for run, colour in zip(runs, ("tab:blue", "tab:orange", "tab:green"), strict=False):
         n = [r["reviewed"] for r in run["results"]]
         label = f"{run['model']} ({run['queue_items']} in queue)"
-        axes[0].plot(n, [100 * r["wrong_photos"] for r in run["results"]], "o-", color=colour, label=label)
-        axes[1].plot(
-            n, [100 * r["wrong_identities"] for r in run["results"]], "o-", color=colour, label=label
-        )
-    for ax, title in zip(axes, ("photos in the wrong identity", "identities mixed or repeated"), strict=True):
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            ax.plot(n, [100 * r[key] for r in run["results"]], "o-", color=colour, label=label)
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_xlabel("queue items reviewed")
         ax.set_ylabel("%")
         ax.set_title(title, fontsize=10)

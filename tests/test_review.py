@@ -124,6 +124,10 @@ def test_applied_to_match_tables(tmp_path):
                       "basis": ["match", "match"]})  # fmt: skip
     assert reviewed.mark(ident).to_pylist()[0] == {"image_id": "q1", "survey": "2021", "identity": "A",
                                                    "basis": "confirmed"}  # fmt: skip
+    # q2 was ruled out of B; left as a new one by the model, it is unresolved, not a new animal
+    proposed = pa.table({"image_id": ["q2"], "survey": ["2021"], "identity": ["new-q2"], "basis": ["new"]})
+    assert reviewed.mark(proposed).to_pylist()[0] == {"image_id": "q2", "survey": "2021", "identity": None,
+                                                      "basis": "unresolved"}  # fmt: skip
     assert reviewed.lineage()["labels"] == 1 and reviewed.digest
 
 

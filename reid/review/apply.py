@@ -6,7 +6,8 @@
 * rejected pairs are removed from the match rows, so the pair is never linked by a direct match,
   nor through the reviewed identity of one of them, nor inside a proposed new individual;
 * the identities table marks confirmed photos ``basis = "confirmed"`` (what a reviewer confirmed,
-  kept apart from what the model proposed).
+  kept apart from what the model proposed), and a photo ruled out of its match that the model
+  would then call new ``basis = "unresolved"``, with no identity (kept out of the capture history).
 """
 
 from __future__ import annotations
@@ -96,13 +97,23 @@ class Reviewed:
         return m.filter(pc.invert(drop))
 
     def mark(self, identities: pa.Table) -> pa.Table:
-        """Identities with reviewed photos set to their confirmed identity, basis ``confirmed``."""
+        """Identities with reviewed photos set to their confirmed identity, basis ``confirmed``.
+
+        A photo a reviewer ruled out of an individual that the model then leaves as a new one
+        (nothing else above the threshold) is ``unresolved``, without an identity: a rejection says
+        what the animal is not, so it is kept out of the capture history rather than counted as
+        an individual nobody declared."""
         ids = identities.column("image_id").combine_chunks()
         confirmed = _lookup(ids, self.labels)
-        ident = pc.coalesce(confirmed, identities.column("identity").combine_chunks())
-        basis = pc.if_else(
-            pc.is_valid(confirmed), pa.scalar("confirmed"), identities.column("basis").combine_chunks()
+        old_basis = identities.column("basis").combine_chunks()
+        ruled_out = pc.is_in(ids, value_set=pa.array(sorted({q for q, _ in self.res.rejected}), pa.string()))
+        unresolved = pc.and_(
+            pc.and_(ruled_out, pc.is_null(confirmed)), pc.equal(old_basis, "new").fill_null(False)
         )
+        ident = pc.coalesce(confirmed, identities.column("identity").combine_chunks())
+        ident = pc.if_else(unresolved, pa.scalar(None, pa.string()), ident)
+        basis = pc.if_else(pc.is_valid(confirmed), pa.scalar("confirmed"), old_basis)
+        basis = pc.if_else(unresolved, pa.scalar("unresolved"), basis)
         t = identities.set_column(identities.schema.get_field_index("identity"), "identity", ident)
         return t.set_column(t.schema.get_field_index("basis"), "basis", basis)
 

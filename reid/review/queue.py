@@ -1,7 +1,8 @@
 """The review queue: what a ``reid match`` output needs a person to decide, most consequential first.
 
-Items, in this order (a kind's items by how many photos the decision moves, then by how close the
-score is to the threshold):
+Items, in this order (a kind's items by how much the decision can change: the photos it moves, plus
+one for each that is its identity's only sighting in a survey, i.e. a capture-history cell; then by
+how close the score is to the threshold):
 
 ``conflict``      reviewers disagree about a photo (:mod:`reid.review.resolve`): settle it first
 ``new``           a proposed new individual (a group of unlabelled photos no known one matched)
@@ -202,6 +203,13 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
         for r in queries.select([c for c in ["image_id", *META] if c in queries.column_names]).to_pylist()
     }
     photos: dict[str, list[str]] = collections.defaultdict(list)
+    cells = collections.Counter((m["identity"], m["survey"]) for m in meta.values() if m["identity"])
+
+    def sole(q: str) -> int:
+        """1 when the photo is its identity's only sighting in its survey: deciding it flips a cell."""
+        m = meta.get(q, {})
+        return int(cells[(m.get("identity"), m.get("survey"))] == 1)
+
     for image_id, who in ident.items():
         if who is not None:
             photos[who].append(image_id)
@@ -245,7 +253,7 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
             continue
         if r["individual_id"] is not None and r["predicted_individual"] != r["individual_id"]:
             why = f"labelled {r['individual_id']}, but the model puts it with {r['predicted_individual']}"
-            item("disagreement", q, r["predicted_individual"], r["score"], 1, why)
+            item("disagreement", q, r["predicted_individual"], r["score"], 1 + sole(q), why)
         elif r["individual_id"] is None and low <= r["score"] < high:
             why = (
                 f"matched to {r['predicted_individual']} with a score under {high:.3f}, the sure-match bound"
@@ -255,7 +263,7 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
                 if math.isfinite(high)
                 else f"matched to {r['predicted_individual']} (no score is sure here)"
             )
-            item("uncertain", q, r["predicted_individual"], r["score"], 1, why)
+            item("uncertain", q, r["predicted_individual"], r["score"], 1 + sole(q), why)
     seen_pairs: set[tuple[str, str]] = set()
     for q, (n, s) in first_unlabelled.items():
         pair = (min(q, n), max(q, n))
@@ -266,7 +274,7 @@ def load_queue(uri: str, target_precision: float = 0.95) -> Queue:
         why = (
             f"matches another unlabelled photo of the batch (identity {b or 'none'}, this one {a or 'none'})"
         )
-        item("batch", q, b, s, 2, why, image=n, item_id=f"batch:{pair[0]}|{pair[1]}")
+        item("batch", q, b, s, 2 + sole(q) + sole(n), why, image=n, item_id=f"batch:{pair[0]}|{pair[1]}")
     rank = {k: i for i, k in enumerate(KINDS)}
     mid = low if math.isfinite(low) else 0.0
     items.sort(

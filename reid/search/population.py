@@ -20,7 +20,7 @@ IDENTITIES_SCHEMA = pa.schema(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("survey", pa.string()),
         pa.field("identity", pa.string()),
-        pa.field("basis", pa.string()),  # label | confirmed | match | new
+        pa.field("basis", pa.string()),  # label | confirmed | match | new | unresolved (no identity)
     ]
 )
 SURVEY_COUNTS_SCHEMA = pa.schema(
