@@ -88,3 +88,12 @@ def test_killed_driver_rerun_loses_nothing_duplicates_nothing(arch, ray_local):
     assert again["skipped_units"] >= committed
     assert again["skipped_units"] + again["todo_units"] == N
     _check_complete(out)
+
+
+def test_cli_refuses_an_unknown_extractor_in_one_line(arch):
+    cmd = [sys.executable, "-m", "jobs.cli", "keypoints", str(arch / "arch"), "--out", str(arch / "y"),
+           "--extractor", "aliked"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "aliked" in lines[0] and "sift" in lines[0] and "Traceback" not in res.stderr
