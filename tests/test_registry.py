@@ -179,3 +179,20 @@ def test_no_job_imports_another_job():
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
         assert not (imported & (job_modules - {name})), f"{name} imports {imported & job_modules}"
+
+
+def test_train_settings_file_under_options_and_repeatable_params(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[train]\nepochs = 7\nloss = "arcface"\n')
+    argv = [str(tmp_path / "a"), "--out", str(tmp_path / "m"), "--config", str(recipe)]
+    _, cfg = parse_job_args(
+        "train", [*argv, "--epochs", "3", "--loss-param", "margin=0.3", "--val-any-viewpoint"]
+    )
+    assert (cfg.epochs, cfg.loss, cfg.loss_params, cfg.val_same_viewpoint) == (
+        3,
+        "arcface",
+        {"margin": 0.3},
+        False,
+    )
+    _, cfg = parse_job_args("train", argv)
+    assert (cfg.epochs, cfg.loss_params, cfg.val_same_viewpoint) == (7, {}, True)
