@@ -13,7 +13,8 @@ The calibration is cross-fitted: queries are split into two folds by individual,
 fold's rankings use the calibration fitted on the other fold's labelled shortlist pairs (bursts
 left out), so no query is scored by a map fitted on its own answer.
 
-Open set: besides queries whose individual is absent from the gallery, every known query is also
+Open set (``auroc_new``; ``baks``/``baus`` at the threshold ``reid match`` would calibrate on that
+ranking's top score, 5% of known queries called new): besides queries whose individual is absent from the gallery, every known query is also
 asked again with its own individual removed (leave-individual-out: the shortlist of the B best
 candidates of *other* individuals); ``auroc_new`` measures how well each ranking's top score
 tells those apart from the known queries' top scores. It is defined even when every query is
@@ -32,6 +33,7 @@ from reid.evaluation import metrics
 from reid.evaluation.data import EvalData
 from reid.evaluation.exclusions import sighting_table
 from reid.evaluation.protocols import Protocol
+from reid.evaluation.scoring import TARGET_FALSE_NEW
 from reid.local.calibration import fit
 from reid.local.extract import Features
 from reid.local.match import Matcher, MatcherSettings
@@ -150,6 +152,17 @@ def _score_b(b, lists, others, inl, score, ql, gl, n_pos, fold, method, ks, burs
         y = np.r_[np.zeros(len(s_known)), np.ones(len(s_new))]
         s = np.nan_to_num(np.r_[s_known, s_new], neginf=-1e9)
         row["auroc_new"] = float(roc_auc_score(y, -s)) if 0 < y.sum() < len(y) else float("nan")
+        if len(s_known) and len(s_new):  # at the threshold `reid match` calibrates: 5% of known called new
+            thr = float(np.sort(s_known)[int(np.floor(TARGET_FALSE_NEW * len(s_known)))])
+            right = np.array([bool(h[0]) if len(h) else False for h in hits[r]])[known]
+            m = metrics.open_set_metrics(
+                np.r_[s_known, s_new],
+                np.r_[right, np.zeros(len(s_new), bool)],
+                np.r_[np.ones(len(s_known), bool), np.zeros(len(s_new), bool)],
+                np.r_[ql[known], ql[~known], ql[known]],
+                thr,
+            )
+            row.update({k: m[k] for k in ("baks", "baus", "baks_baus_gmean")})
         result[r] = row
     result["calibration"] = cals[0].to_dict()
     result["_top1"] = {r: np.array(v) for r, v in first.items()}
