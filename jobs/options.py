@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from jobs.registry import Alias, Flag, Job
+from reid.errors import ConfigError
 
 __all__ = [
     "SETTINGS_FILE",
@@ -138,8 +139,14 @@ def config_from_cli(job: Job, given: dict[str, Any]) -> BaseModel:
             values[name] = list(value) if isinstance(value, tuple) else value
     for alias in job.aliases:
         value = given.get(f"alias_{alias.name}")
-        if value is not None and alias.field not in values:
-            values[alias.field] = alias.value(value)
+        if value is None:
+            continue
+        if alias.field in values and values[alias.field] != alias.value(value):
+            option = "--" + alias.field.replace("_", "-")
+            raise ConfigError(
+                f"reid {job.name}: {option} is given twice ({values[alias.field]!r} and {value!r}); give it once"
+            )
+        values[alias.field] = alias.value(value)
     if job.settings_file and given.get(SETTINGS_FILE):
         values = {**job.settings_file(given[SETTINGS_FILE]), **values}
     return parse_config(job.name, job.config, **values)

@@ -17,6 +17,7 @@ from jobs.options import cli_options, command, shown_default
 from jobs.pipeline import PipelineConfig, load, staleness
 from jobs.submit import locations, parse_job_args
 from reid import manifest
+from reid.errors import ReidError
 
 JOBS = registry.jobs()
 STEP_JOBS = [name for name, job in JOBS.items() if job.writes]
@@ -158,6 +159,8 @@ def test_old_spellings_still_work_hidden(tmp_path):
     assert match.exclude_self is False
     _, match = parse_job_args("match", [str(tmp_path / "i"), "--out", str(tmp_path / "m")])
     assert match.exclude_self is True
+    with pytest.raises(ReidError, match=r"reid ingest: --out is given twice"):
+        parse_job_args("ingest", [str(tmp_path / "src"), str(tmp_path / "a"), "--out", str(tmp_path / "b")])
     params = {p.name: p for p in _click(JOBS["match"]).params}
     assert params["alias_include_self"].hidden and not params["exclude_self"].hidden
 
