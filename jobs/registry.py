@@ -128,7 +128,10 @@ _JOBS: dict[str, Job] = {}
 
 
 def add_job(job: Job) -> Job:
-    """Add a job (called once, at the end of its module)."""
+    """Add a job (called once, at the end of its module); two modules cannot share a name."""
+    known = _JOBS.get(job.name)
+    if known is not None and known.module != job.module:
+        raise TypeError(f"job {job.name}: registered by {known.module} and by {job.module}")
     _JOBS[job.name] = job
     return job
 
@@ -143,7 +146,7 @@ def _load() -> None:
 
 
 def jobs() -> dict[str, Job]:
-    """Every registered job by name, in the order of MODULES."""
+    """Every registered job by name (every module in MODULES imported first)."""
     _load()
     return dict(_JOBS)
 
