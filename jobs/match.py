@@ -37,7 +37,7 @@ from jobs.common import (
     check_locations,
     print_summary,
 )
-from jobs.registry import RAY, Alias, Job, add_job
+from jobs.registry import RAY, Job, add_job
 from reid import manifest, matching, storage
 from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
 from reid.review import apply as review_apply
@@ -70,8 +70,10 @@ class MatchConfig(JobConfig):
     id_format: str = Field(
         ID_FORMAT, description="new individual ids minted from reviews, e.g. NYL-{year}-{n:04d}"
     )
-    keypoints: Input | None = Field(
-        None, description="local features (`reid keypoints`): re-rank each shortlist by verified matches"
+    keypoints: list[Input] | None = Field(
+        None,
+        description="local features (`reid keypoints`; the index's and, with --query, the new photos'): "
+        "re-rank each shortlist by verified matches",
     )
     rerank: int = Field(50, ge=1, le=1000, description="with --keypoints: candidates per query re-ranked")
     rerank_block: int = Field(64, ge=1, description="with --keypoints: queries per re-rank task")
@@ -293,7 +295,6 @@ add_job(
         help="k-NN of every image (or of --query photos) in the index: matches, decisions, populations.",
         args=("index",),
         runtime=frozenset({"query_block", "rerank_block", "workers", "gpu", "force", *RAY}),
-        aliases=(Alias("include_self", "exclude_self", cli_type=bool, value=lambda v: not v),),
         show=_show,
     )
 )

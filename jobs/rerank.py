@@ -47,7 +47,7 @@ def _gallery_meta(info: IndexInfo) -> pa.Table:
     )
 
 
-def _score_blocks(out: str, blocks: list[Block], features: str, settings: MatcherSettings, shortlist: int,
+def _score_blocks(out: str, blocks: list[Block], features: list[str], settings: MatcherSettings, shortlist: int,
                   rerank_block: int, workers: int | None) -> dict:  # fmt: skip
     import ray
 
@@ -104,7 +104,7 @@ def run_rerank(
     out: str,
     blocks: list[Block],
     info: IndexInfo,
-    features: str,
+    features: list[str],
     settings: MatcherSettings,
     shortlist: int,
     k: int,
@@ -131,8 +131,8 @@ def run_rerank(
     cos, inl, same = np.concatenate(cos), np.concatenate(inl), np.concatenate(same)
     if len(inl) and not (inl >= 0).any():
         raise ReidError(
-            f"{features}: none of the shortlisted images has local features; run `reid keypoints` on the "
-            "archive these embeddings were made from"
+            f"{', '.join(features)}: none of the shortlisted images has local features; run `reid keypoints` "
+            "on the archives these embeddings were made from"
         )
     if len(same) > MAX_CALIBRATION_PAIRS:
         pick = np.random.default_rng(seed).choice(len(same), MAX_CALIBRATION_PAIRS, replace=False)

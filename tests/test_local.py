@@ -155,3 +155,27 @@ def test_matched_keypoints_json_for_the_review_page_points_into_each_photo():
     assert Image.open(io.BytesIO(png)).size[1] == 120
     with pytest.raises(Exception, match="photo B"):
         matched_keypoints(a, b"junk")
+
+
+def test_feature_set_reads_several_outputs_of_one_setting_and_refuses_mixed_settings(tmp_path):
+    from reid import manifest, storage
+    from reid.local.store import FeatureSet, unit_uri
+
+    def output(name: str, ids: list[str], settings: ExtractorSettings) -> str:
+        ex = create_extractor(settings)
+        feats = [ex.extract(jpeg_bytes(photo(160, 120, seed=i)))[0] for i in range(len(ids))]
+        out = str(tmp_path / name)
+        storage.write_parquet(features_rows(ids, feats, settings.features_id()), unit_uri(out, "u0"))
+        manifest.write_manifest(
+            out, "keypoints", {}, [], {}, manifest.now(), features_id=settings.features_id()
+        )
+        return out
+
+    small = ExtractorSettings(long_side=128, max_keypoints=100)
+    archive_feats = output("archive", ["a", "b"], small)
+    new_feats = output("new", ["c"], small)
+    got = FeatureSet([archive_feats, new_feats]).get(["a", "c", "zzz"])
+    assert sorted(got) == ["a", "c"] and len(got["c"]) <= 100
+    other = output("other", ["d"], ExtractorSettings(long_side=128, max_keypoints=50))
+    with pytest.raises(Exception, match="different extractor settings"):
+        FeatureSet([archive_feats, other])

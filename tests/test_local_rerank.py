@@ -80,7 +80,7 @@ def test_match_reranks_and_decisions_carry_all_three_scores(survey):
     index = str(root / "index")
     build_index(IndexConfig(embeddings=[emb], out=index))
     out = str(root / "match")
-    summary = match(MatchConfig(index=index, out=out, k=5, keypoints=feats, rerank=15, rerank_block=16))
+    summary = match(MatchConfig(index=index, out=out, k=5, keypoints=[feats], rerank=15, rerank_block=16))
     assert summary["pairs"] > 0 and summary["rerank_tasks"] >= 2  # several Ray tasks
     m = read_matches(out)
     assert set(m.column_names) >= {"global_score", "inliers", "p_global", "p_local", "score", "rank"}
@@ -95,14 +95,14 @@ def test_match_reranks_and_decisions_carry_all_three_scores(survey):
     cal = json.loads(storage.read_text(storage.join(out, "calibration.json")))
     assert cal["pairs"] > 0 and 0 < cal["same_pairs"] < cal["pairs"]
     assert summary["threshold"] is not None and 0 < summary["threshold"] < 1  # on the fused score
-    again = match(MatchConfig(index=index, out=out, k=5, keypoints=feats, rerank=15, rerank_block=16))
+    again = match(MatchConfig(index=index, out=out, k=5, keypoints=[feats], rerank=15, rerank_block=16))
     assert again.get("up_to_date")
     # a run killed during re-ranking: committed sub-blocks are kept, only the missing one is redone
     before = read_matches(out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
     local_parts = storage.list_files(storage.join(out, "local"), suffix=".parquet")
     storage.delete(local_parts[0])
     storage.delete(storage.join(out, manifest.MANIFEST))
-    resumed = match(MatchConfig(index=index, out=out, k=5, keypoints=feats, rerank=15, rerank_block=16))
+    resumed = match(MatchConfig(index=index, out=out, k=5, keypoints=[feats], rerank=15, rerank_block=16))
     assert resumed["rerank_tasks"] == 1 and resumed["blocks_skipped"] == resumed["blocks"]
     after = read_matches(out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
     assert after.select(["query_id", "neighbor_id", "inliers"]).equals(

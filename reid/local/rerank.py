@@ -92,7 +92,7 @@ def shortlist_inliers(
 
 def rerank_part(
     matches_uri: str,
-    features_uri: str,
+    features_uri: str | list[str],
     settings: MatcherSettings,
     out_uri: str,
     shortlist: int,
@@ -101,7 +101,7 @@ def rerank_part(
     """Local scores of one committed matches part (its pairs of rank <= ``shortlist``; with
     ``queries`` = (start, stop), only those of its queries in that range, in order of first
     appearance), written to ``out_uri`` (the sub-block's commit). Returns counts and timings."""
-    from reid.local.store import FeatureStore
+    from reid.local.store import FeatureSet
 
     t0 = time.perf_counter()
     m = storage.read_parquet(matches_uri, columns=["query_id", "neighbor_id", "rank"])
@@ -113,7 +113,7 @@ def rerank_part(
     groups: dict[str, list[int]] = {}
     for i, q in enumerate(qids):
         groups.setdefault(q, []).append(i)
-    feats = FeatureStore(features_uri).get(sorted(set(qids) | set(nids)))
+    feats = FeatureSet(features_uri).get(sorted(set(qids) | set(nids)))
     t1 = time.perf_counter()
     queries = list(groups)
     res = shortlist_inliers(

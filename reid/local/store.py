@@ -27,6 +27,7 @@ __all__ = [
     "FEATURES_SCHEMA",
     "IDS",
     "JOB",
+    "FeatureSet",
     "FeatureStore",
     "Unit",
     "decode_row",
@@ -221,3 +222,29 @@ def extract_unit(unit: Unit, settings, out: str) -> dict:
         "rejected": len(rejects),
         "keypoints": sum(map(len, feats)),
     }
+
+
+class FeatureSet:
+    """Several committed features outputs read as one (an archive's and new photos', say); they must
+    share one extractor setting, or their inlier counts would not mean the same."""
+
+    def __init__(self, uris: str | list[str]):
+        self.uris = [uris] if isinstance(uris, str) else list(uris)
+        self.stores = [FeatureStore(u) for u in self.uris]
+        ids = {s.features_id for s in self.stores}
+        if len(ids) > 1:
+            raise ReidError(
+                f"features {', '.join(self.uris)} come from different extractor settings "
+                f"({', '.join(sorted(map(str, ids)))}); extract them all with the same `reid keypoints` options"
+            )
+        self.features_id = ids.pop()
+
+    def get(self, image_ids: list[str] | None = None) -> dict[str, Features]:
+        """Features by image id, from whichever output holds them (the first one wins)."""
+        out: dict[str, Features] = {}
+        for s in self.stores:
+            want = None if image_ids is None else [i for i in image_ids if i not in out]
+            if want == []:
+                break
+            out.update({k: v for k, v in s.get(want).items() if k not in out})
+        return out
