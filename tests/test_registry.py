@@ -155,14 +155,16 @@ def test_old_spellings_still_work_hidden(tmp_path):
     assert ingest.out == str(tmp_path / "arch")
     _, synth = parse_job_args("synth", [str(tmp_path / "s"), "--individuals", "2"])
     assert synth.out == str(tmp_path / "s") and synth.individuals == 2
-    _, match = parse_job_args("match", [str(tmp_path / "i"), "--out", str(tmp_path / "m"), "--include-self"])
+    _, match = parse_job_args(
+        "match", [str(tmp_path / "i"), "--out", str(tmp_path / "m"), "--no-exclude-self"]
+    )
     assert match.exclude_self is False
     _, match = parse_job_args("match", [str(tmp_path / "i"), "--out", str(tmp_path / "m")])
     assert match.exclude_self is True
     with pytest.raises(ReidError, match=r"reid ingest: --out is given twice"):
         parse_job_args("ingest", [str(tmp_path / "src"), str(tmp_path / "a"), "--out", str(tmp_path / "b")])
-    params = {p.name: p for p in _click(JOBS["match"]).params}
-    assert params["alias_include_self"].hidden and not params["exclude_self"].hidden
+    params = {p.name: p for p in _click(JOBS["ingest"]).params}
+    assert params["alias_out"].hidden and not params["out"].hidden
 
 
 def test_no_job_imports_another_job():
