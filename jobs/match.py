@@ -70,8 +70,10 @@ class MatchConfig(JobConfig):
     id_format: str = Field(
         ID_FORMAT, description="new individual ids minted from reviews, e.g. NYL-{year}-{n:04d}"
     )
-    keypoints: Input | None = Field(
-        None, description="local features (`reid keypoints`): re-rank each shortlist by verified matches"
+    keypoints: list[Input] | None = Field(
+        None,
+        description="local features (`reid keypoints`; the index's and, with --query, the new photos'): "
+        "re-rank each shortlist by verified matches",
     )
     rerank: int = Field(50, ge=1, le=1000, description="with --keypoints: candidates per query re-ranked")
     rerank_block: int = Field(64, ge=1, description="with --keypoints: queries per re-rank task")
