@@ -10,7 +10,7 @@ mkdir -p "$D"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1/7 synth: a 3-year survey of 40 animals (survival, recruits, bursts, unlabelled photos)"
-$REID synth "$D/archive" --individuals 40 --years 3 --images-per-individual 6 --image-size 96 --seed 7
+$REID synth --out "$D/archive" --individuals 40 --years 3 --images-per-individual 6 --image-size 96 --seed 7
 
 step "2/7 split: identity-disjoint train/test (bursts and same-day sightings kept together)"
 [ -f "$D/split.parquet" ] || $REID split "$D/archive" --out "$D/split.parquet" --kind identity --test-fraction 0.25
