@@ -9,7 +9,8 @@ trained reid_cnn_s, trained here on the survey's labelled photos; ``--model``: a
 all-vs-all match. The review queue of that match output
 (:mod:`reid.review.queue`, in its order) is then answered by a reviewer simulated from the truth:
 ``same`` when the query shows the candidate or one of the item's other nearest individuals (the
-page offers up to five, keys 1-5), ``new`` (its true group members only) when it shows an
+page offers up to five, keys 1-5; with ``--search`` any known animal, as the page's search box
+allows), ``new`` (its true group members only) when it shows an
 animal no label names (the id minted the first time when it comes back), ``different``
 otherwise. For each N, `reid match --reviews` re-decides over the committed kNN and the capture
 history is scored against the truth:
@@ -116,7 +117,9 @@ def score(matches: str, truth: dict[str, str], survey_of: dict[str, str]) -> dic
     }  # fmt: skip
 
 
-def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: str) -> collections.Counter:
+def simulate(
+    queue, n: int, truth: dict[str, str], labelled: set[str], folder: str, search: bool = False
+) -> collections.Counter:
     """Answer the queue's first ``n`` items as a reviewer who knows the truth would, each the
     question its kind asks (``new``/``uncertain``: who is this? ``batch``: are these two one
     animal? ``disagreement``: is the label wrong?)."""
@@ -157,6 +160,8 @@ def simulate(queue, n: int, truth: dict[str, str], labelled: set[str], folder: s
         elif alt is not None:  # the right one is another of the item's nearest individuals (keys 1-5)
             record("same (another candidate)", "same", individual_id=animal, candidate_image_id=alt["image_id"],
                    score=alt["score"], **base)  # fmt: skip
+        elif search and animal in labelled:  # named through the page's search box (key f)
+            record("same (searched)", "same", individual_id=animal, **base)
         elif animal not in labelled:  # an animal no label names: its photos in view, one name
             group = [m for m in it["members"] if m != q and truth[m] == animal]
             record("new", "new", individual_id=minted.get(animal), members=group, year=queue.year(q), **base)
@@ -173,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="a model package (default: an untrained resnet10t)")
     ap.add_argument(
         "--train", action="store_true", help="train the demo's model first (reid_cnn_s, 6 x 20 steps)"
+    )
+    ap.add_argument(
+        "--search", action="store_true", help="the reviewer also names animals the page does not offer"
     )
     ap.add_argument("--figure", type=Path, help="write the figure (PNG) here")
     ap.add_argument(
@@ -191,11 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         queue = load_queue(p["matches"])
         results = []
         for n in STEPS:
-            out, folder = str(a.work / f"matches-{n}"), str(a.work / f"reviews-{n}")
+            tag = f"{n}-search" if a.search else str(n)
+            out, folder = str(a.work / f"matches-{tag}"), str(a.work / f"reviews-{tag}")
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(p["matches"], out)
-            answers = simulate(queue, n, truth, labelled, folder)
+            answers = simulate(queue, n, truth, labelled, folder, a.search)
             if n:
                 match.run(match.MatchConfig(index=p["index"], out=out, k=10, num_cpus=2, reviews=folder,
                                             id_format=ID_FORMAT))  # fmt: skip
@@ -207,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     label = "demo-trained model" if a.train else (f"model {a.model}" if a.model else "untrained model")
     out = {"survey": SURVEY, "model": label, "queue_items": len(queue.items), "queue_kinds": kinds,
            "results": results, "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    (a.work / "result.json").write_text(json.dumps(out))
+    label += ", reviewer searches" if a.search else ""
+    out["model"] = label
+    (a.work / ("result-search.json" if a.search else "result.json")).write_text(json.dumps(out))
     if a.figure:
         runs = [out] + [json.loads(Path(c).read_text()) for c in a.compare or []]
         a.figure.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +233,7 @@ def figure(runs: list[dict]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10.0, 3.6), dpi=120)
+    fig = Figure(figsize=(10.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     panels = [("wrong_photos", "photos in the wrong identity"), ("wrong_cells", "capture-history cells wrong"),
@@ -238,9 +249,10 @@ def figure(runs: list[dict]) -> bytes:
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(runs), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.suptitle("How much review buys: capture history of a 3-year synthetic survey", fontsize=10)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -145,9 +145,8 @@ def create_app(index: str, model: str, archive: list[str] | str | None = None, *
     async def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/api/info")
-    def info() -> dict:
-        return svc.info()
+    app.add_api_route("/api/info", svc.info, methods=["GET"])
+    app.add_api_route("/api/reviews", svc.reviews, methods=["GET"])  # ?limit=20: the latest decisions
 
     @app.post("/api/query")
     async def query(request: Request):
@@ -188,10 +187,6 @@ def create_app(index: str, model: str, archive: list[str] | str | None = None, *
     async def decision(d: Decision):
         return await call(svc.decision, d.query_id, d.decision, d.individual_id, d.reviewer, d.note)
 
-    @app.get("/api/reviews")
-    def reviews(limit: int = 20) -> dict:
-        return svc.reviews(limit)
-
     @app.get("/api/queue")
     async def queue(survey: str = "", camera: str = "", date_from: str = "", date_to: str = "", kind: str = "",
                     offset: int = 0, limit: int = 20, include_decided: bool = False):  # fmt: skip
@@ -202,6 +197,10 @@ def create_app(index: str, model: str, archive: list[str] | str | None = None, *
     @app.post("/api/review")
     async def review_item(a: QueueAnswer):
         return await call(svc.review_item, a.item_id, a.answer, a.reviewer, a.note, a.name, a.candidate)
+
+    @app.get("/api/individuals")
+    async def individuals():
+        return await call(svc.individuals)
 
     @app.post("/api/review/undo")
     async def undo(u: Undo):

@@ -452,6 +452,10 @@ def test_review_queue_api(client, served, tmp_path):  # noqa: F811
         )
         settled = c.get("/api/queue").json()
         assert settled["reviews"]["conflicts"] == 0 and settled["decided"] == 2
+        names = c.get("/api/individuals").json()["individuals"]
+        assert names == ["A", "B", "T-2023-001"]  # known ones and the id minted above; no proposals
+        u1 = c.post("/api/review", json={"item_id": "uncertain:u1", "answer": "same", "candidate": "B"})
+        assert u1.json()["stored"]["individual_id"] == "B"  # named through the search box, not offered
         bad = [
             ({"item_id": u2, "answer": "maybe"}, 422),
             ({"item_id": "new:none", "answer": "new"}, 400),
@@ -463,4 +467,4 @@ def test_review_queue_api(client, served, tmp_path):  # noqa: F811
             "/api/review", json={"item_id": u2, "answer": "new"}, headers={"Origin": "http://evil.example"}
         )
         assert cross.status_code == 403
-    assert len(review.read_reviews(reviews)) == 4  # new, same, different, undo: nothing else stored
+    assert len(review.read_reviews(reviews)) == 5  # new, same, different, undo, same: nothing else stored

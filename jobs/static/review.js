@@ -1,6 +1,7 @@
 // The review queue: page through the decisions a match output needs, judge query and candidate
 // side by side (zoomable), answer with the keyboard (s same, d different, n new, k skip, u undo,
-// m merge, x split; 1-5 compare another of the query's nearest known individuals). Plain DOM, no framework, no network beyond this server; text via textContent.
+// m merge, x split; 1-5 compare another of the query's nearest known individuals; f: name any
+// individual, Enter: "same" as it). Plain DOM, no framework, no network beyond this server; text via textContent.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -199,17 +200,24 @@ function current() {
   return state.page && state.page.items.length ? state.page.items[state.pos] : null;
 }
 
-async function decide(answer) {
+async function loadIndividuals() {
+  const r = await api("/api/individuals");
+  $("#individuals").replaceChildren(...r.individuals.map((name) => el("option", { value: name })));
+}
+
+async function decide(answer, named = null) {
   const it = current();
   if (!it || state.busy) return;
   state.busy = true;
   try {
     const body = { item_id: it.item_id, answer, reviewer: $("#reviewer").value.trim() || null,
-                   candidate: ["same", "different", "merge"].includes(answer) ? state.alt : null,
+                   candidate: named || (["same", "different", "merge"].includes(answer) ? state.alt : null),
                    name: answer === "new" || answer === "split" ? ($("#new-name").value.trim() || null) : null };
     const r = await post("/api/review", body);
     state.done.push({ review_id: r.stored.review_id, item_id: it.item_id });
     $("#new-name").value = "";
+    $("#same-as").value = "";
+    if (r.stored.minted) loadIndividuals().catch(() => {});
     const minted = r.stored.minted ? ` → ${r.stored.minted}` : "";
     $("#status").textContent = `Saved: ${answer}${minted} (${it.item_id}, by ${r.stored.reviewer || "anonymous"})`;
     $("#status").dataset.reviewId = r.stored.review_id;
@@ -288,6 +296,7 @@ document.addEventListener("keydown", (ev) => {
   const key = ev.key.toLowerCase();
   if (KEYS[key]) { ev.preventDefault(); const b = document.querySelector(`[data-answer=${KEYS[key]}]`); if (!b.disabled) decide(KEYS[key]); }
   else if (key === "k") { ev.preventDefault(); skip(); }
+  else if (key === "f") { ev.preventDefault(); $("#same-as").focus(); }
   else if (/^[1-9]$/.test(key)) {
     const it = current();
     if (it && Number(key) <= it.alternatives.length) { ev.preventDefault(); showCandidate(it, Number(key) - 1); }
@@ -307,6 +316,11 @@ window.addEventListener("DOMContentLoaded", () => {
   $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadQueue(false); });
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadQueue(false); });
+  $("#same-as").addEventListener("keydown", (ev) => {
+    const name = $("#same-as").value.trim();
+    if (ev.key === "Enter" && name) { ev.preventDefault(); $("#same-as").blur(); decide("same", name); }
+  });
+  loadIndividuals().catch(() => {});
   setupZoom($("#zoom-query"));
   setupZoom($("#zoom-cand"));
   loadQueue(false).catch((e) => { $("#queue-info").textContent = e.message; });

@@ -47,6 +47,13 @@ class ReviewDesk:
                 self._res = resolve(review.read_reviews(self.reviews_dir), self.id_format)
             return self._res
 
+    def individuals(self) -> list[str]:
+        """Every individual a reviewer may name: labelled or matched in the match output (not the
+        model's proposals), merged ones under the name kept, and those reviews minted since."""
+        res = self.resolution()
+        known = {res.canonical(i) for i in self.queue.photos if not i.startswith(PROPOSAL)}
+        return sorted(known | {v["individual_id"] for v in res.labels.values()} - {None})
+
     def page(self, **filters) -> dict:
         """A page of the queue (see :meth:`reid.review.queue.Queue.page`), photos with file names."""
         res = self.resolution()
@@ -75,8 +82,9 @@ class ReviewDesk:
         self, item_id: str, answer: str, reviewer: str | None = None, note: str | None = None,
         name: str | None = None, candidate: str | None = None,
     ) -> dict:  # fmt: skip
-        """Record ``answer`` about a queue item; returns the stored decision. ``candidate``: which
-        of the item's nearest individuals (``alternatives``) the answer is about (default: the item's)."""
+        """Record ``answer`` about a queue item; returns the stored decision. ``candidate``: the
+        individual the answer is about (default: the item's): one of the item's nearest
+        (``alternatives``), or any of :meth:`individuals` (the reviewer searched for it)."""
         it = self.by_id.get(item_id)
         if it is None and item_id.startswith("conflict:"):
             q = item_id.split(":", 1)[1]
@@ -90,9 +98,12 @@ class ReviewDesk:
             alt = next(
                 (a for a in self.queue.alternatives.get(q, []) if a["individual_id"] == candidate), None
             )
-            if alt is None:
-                raise ReidError(f"{candidate[:64]!r} is not one of this item's candidates")
-            ind, img, score = candidate, alt["image_id"], alt["score"]
+            if alt is not None:
+                ind, img, score = candidate, alt["image_id"], alt["score"]
+            elif candidate in self.individuals():  # named by the reviewer (searched), not a neighbour
+                ind, img, score = candidate, (self.queue.photos.get(candidate) or [None])[0], None
+            else:
+                raise ReidError(f"{candidate[:64]!r} is not a known individual: pick one the page offers")
         common = dict(
             query_image_id=q, candidate_image_id=img, score=score, reviewer=reviewer, note=note,
             item_id=item_id, threshold=self.queue.bounds["low"],

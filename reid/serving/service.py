@@ -203,5 +203,9 @@ class ReviewService:
                     name: str | None, candidate: str | None = None) -> dict:  # fmt: skip
         return {"stored": self._desk().decide(item_id, answer, reviewer, note, name, candidate)}
 
+    def individuals(self) -> dict:
+        """The individuals a reviewer may name (the review view's search list)."""
+        return {"individuals": self._desk().individuals()}
+
     def undo(self, review_id: str, reviewer: str | None) -> dict:
         return {"stored": self._desk().undo(review_id, reviewer)}
