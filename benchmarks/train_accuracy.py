@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working folder (kept; re-runs reuse its archives)")
     ap.add_argument("--lions", type=Path, default=REPO.parent / "shared" / "datasets" / "lions")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
+    ap.add_argument("--seed", type=int, help="override the config's seed (initial weights, batches)")
     ap.add_argument(
         "--train-individuals", type=int, help=f"synth: training survey size [{SYNTH_TRAIN['individuals']}]"
     )
@@ -95,7 +96,7 @@ def main() -> None:
     sizes = {"individuals": a.train_individuals, "images_per_individual": a.train_images}
     tr, te = archives(a.dataset, work, a.lions, {k: v for k, v in sizes.items() if v})
     model = str(work / "model")
-    cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=a.epochs)
+    cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=a.epochs, seed=a.seed)
     t0 = time.perf_counter()
     summary = train.run(cfg)
     train_s = time.perf_counter() - t0
