@@ -187,7 +187,7 @@ def test_desk_builds_decisions_from_the_item_shown(tmp_path):
     assert new["minted"] == "T-2023-1" and new["members"] == ["u5"] and new["year"] == 2023
     batch = desk.decide("batch:u1|u3", "same", "ana")  # u3 is matched to B, a known individual
     assert (batch["decision"], batch["individual_id"], batch["candidate_image_id"]) == ("same", "B", "u3")
-    with pytest.raises(ReidError, match="not one of this item's candidates"):
+    with pytest.raises(ReidError, match="not a known individual"):
         desk.decide(u2["item_id"], "same", "ana", candidate="Z")
     with pytest.raises(ReidError, match="needs a labelled photo"):
         desk.decide(u2["item_id"], "split", "ana")
