@@ -71,8 +71,9 @@ def export(
     crop_size: int = 512,
 ) -> dict:
     """Write every export file; returns counts. ``matches`` None exports the archive's labels."""
+    id_format = None  # the match run's scheme for minted ids, so exported names equal its names
     if matches is not None:
-        manifest.require_manifest(matches, job="match")
+        id_format = manifest.require_manifest(matches, job="match").get("config", {}).get("id_format")
         found_archive, found_reviews = find_inputs(matches)
         archive_uri, reviews = archive_uri or found_archive, reviews or found_reviews
     if archive_uri is None:
@@ -83,7 +84,7 @@ def export(
     meta = archive.read_archive(archive_uri, columns=sightings.ARCHIVE_COLUMNS)
     decisions = _table(storage.join(matches, "decisions.parquet")) if matches else None
     proposed = _table(storage.join(matches, "new_individuals.parquet")) if matches else None
-    labels = review.confirmed_labels(reviews) if reviews else None
+    labels = review.confirmed_labels(reviews, id_format) if reviews else None
     table = sightings.build(meta, decisions, proposed, labels)
     counts = {"sightings": len(table), "reviewed": 0 if labels is None else len(labels)}
     crop_paths: dict[str, str] = {}
