@@ -179,3 +179,24 @@ def test_feature_set_reads_several_outputs_of_one_setting_and_refuses_mixed_sett
     other = output("other", ["d"], ExtractorSettings(long_side=128, max_keypoints=50))
     with pytest.raises(Exception, match="different extractor settings"):
         FeatureSet([archive_feats, other])
+
+
+def test_reading_by_id_reads_only_the_row_groups_that_hold_the_images(tmp_path):
+    import pyarrow.parquet as pq
+
+    from reid import manifest, storage
+    from reid.local.store import ROW_GROUP, FeatureStore, unit_uri, write_ids
+
+    settings = ExtractorSettings(long_side=128, max_keypoints=50)
+    f, _ = create_extractor(settings).extract(jpeg_bytes(photo(160, 120, seed=2)))
+    ids = [f"img{i:02d}" for i in range(20)]
+    out = str(tmp_path / "feat")
+    table = features_rows(ids, [f] * len(ids), settings.features_id())
+    storage.write_parquet(table, unit_uri(out, "u0"), row_group_size=ROW_GROUP)
+    assert write_ids(out, ["u0"]) == 20
+    manifest.write_manifest(out, "keypoints", {}, [], {}, manifest.now(), features_id=settings.features_id())
+    store = FeatureStore(out)
+    assert store.where()["img13"] == (0, 13 // ROW_GROUP)
+    assert pq.ParquetFile(unit_uri(out, "u0")).metadata.num_row_groups == -(-20 // ROW_GROUP)
+    got = store.get(["img13", "img01", "nope"])
+    assert sorted(got) == ["img01", "img13"] and np.array_equal(got["img13"].desc, f.desc)

@@ -41,7 +41,8 @@ __all__ = [
 
 JOB = "keypoints"
 REJECTS_DIR = "_rejects"
-IDS = "_ids.parquet"  # image_id -> part file name, written with the manifest (one read finds any image)
+IDS = "_ids.parquet"  # image_id -> part file, row group: written with the manifest (one read finds any image)
+ROW_GROUP = 8  # images per Parquet row group in a part: a reader by id reads ~8 images per image it needs
 FEATURES_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -87,18 +88,33 @@ def unit_uri(out: str, key: str) -> str:
     return storage.join(out, f"part-{key}.parquet")
 
 
+def _row_groups(uri: str) -> tuple[list[str], list[int]]:
+    """A part's image ids and the row group each sits in."""
+    fs, path = storage.resolve(uri)
+    ids, groups = [], []
+    with fs.open_input_file(path) as fh:
+        pf = pq.ParquetFile(fh)
+        for rg in range(pf.metadata.num_row_groups):
+            got = pf.read_row_group(rg, columns=["image_id"]).column("image_id").to_pylist()
+            ids += got
+            groups += [rg] * len(got)
+    return ids, groups
+
+
 def write_ids(out: str, keys: list[str]) -> int:
-    """The id table of a complete output (``_ids.parquet``: image_id, part); returns its rows."""
-    tables = []
+    """The id table of a complete output (``_ids.parquet``: image_id, part, row_group); returns its rows."""
+    cols: dict[str, list] = {"image_id": [], "part": [], "row_group": []}
     for key in keys:
-        ids = storage.read_parquet(unit_uri(out, key), columns=["image_id"]).column("image_id")
-        tables.append(
-            pa.table({"image_id": ids, "part": pa.array([f"part-{key}.parquet"] * len(ids), pa.string())})
-        )
-    table = (
-        pa.concat_tables(tables)
-        if tables
-        else pa.table({"image_id": pa.array([], pa.string()), "part": pa.array([], pa.string())})
+        ids, groups = _row_groups(unit_uri(out, key))
+        cols["image_id"] += ids
+        cols["part"] += [f"part-{key}.parquet"] * len(ids)
+        cols["row_group"] += groups
+    table = pa.table(
+        {
+            "image_id": pa.array(cols["image_id"], pa.string()),
+            "part": pa.array(cols["part"], pa.string()),
+            "row_group": pa.array(cols["row_group"], pa.int32()),
+        }
     )
     storage.write_parquet(table, storage.join(out, IDS))
     return table.num_rows
@@ -153,35 +169,52 @@ class FeatureStore:
             raise ReidError(f"{uri}: no features part files; run `reid keypoints` first")
         self._where: dict[str, int] | None = None
 
-    def where(self) -> dict[str, int]:
-        """image_id -> part file number (read once: the id table, else each part's id column)."""
+    def where(self) -> dict[str, tuple[int, int]]:
+        """image_id -> (part file number, row group) (read once: the id table, else every part's ids)."""
         if self._where is None:
             self._where = {}
             ids_uri = storage.join(self.uri, IDS)
             if storage.exists(ids_uri):
                 t = storage.read_parquet(ids_uri)
                 number = {f.rsplit("/", 1)[-1]: i for i, f in enumerate(self.files)}
-                for image_id, part in zip(t.column("image_id").to_pylist(), t.column("part").to_pylist()):
+                groups = t.column("row_group").to_pylist() if "row_group" in t.column_names else [-1] * len(t)
+                for image_id, part, rg in zip(
+                    t.column("image_id").to_pylist(), t.column("part").to_pylist(), groups
+                ):
                     if part in number:
-                        self._where[image_id] = number[part]
+                        self._where[image_id] = (number[part], rg)
                 return self._where
             for i, f in enumerate(self.files):
-                for image_id in storage.read_parquet(f, columns=["image_id"]).column("image_id").to_pylist():
-                    self._where[image_id] = i
+                ids, groups = _row_groups(f)
+                self._where.update({image_id: (i, rg) for image_id, rg in zip(ids, groups)})
         return self._where
 
+    def _read(self, i: int, groups: set[int] | None) -> pa.Table:
+        """Part ``i``, whole or only some row groups (-1 in ``groups``: an old id table, whole)."""
+        if groups is None or -1 in groups:
+            return storage.read_parquet(self.files[i])
+        fs, path = storage.resolve(self.files[i])
+        with fs.open_input_file(path) as fh:
+            return pq.ParquetFile(fh).read_row_groups(sorted(groups))
+
     def get(self, image_ids: list[str] | None = None) -> dict[str, Features]:
-        """Features by image id (ids without features are absent from the result)."""
+        """Features by image id (ids without features are absent from the result); only the row
+        groups holding them are read."""
+        need: dict[int, set[int] | None]
         if image_ids is None:
-            files = range(len(self.files))
+            need = dict.fromkeys(range(len(self.files)))
             wanted = None
         else:
             where = self.where()
-            files = sorted({where[i] for i in image_ids if i in where})
+            need = {}
+            for image_id in image_ids:
+                if image_id in where:
+                    i, rg = where[image_id]
+                    need.setdefault(i, set()).add(rg)
             wanted = pa.array(sorted(set(image_ids)), pa.string())
         out: dict[str, Features] = {}
-        for i in files:
-            t = storage.read_parquet(self.files[i])
+        for i in sorted(need):
+            t = self._read(i, need[i])
             if wanted is not None:
                 t = t.filter(pc.is_in(t.column("image_id"), value_set=wanted))
             for row in t.to_pylist():
@@ -215,7 +248,9 @@ def extract_unit(unit: Unit, settings, out: str) -> dict:
     if rejects:
         rej = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
         storage.write_parquet(rej, storage.join(out, REJECTS_DIR, f"{unit.key}.parquet"))
-    storage.write_parquet(features_rows(ids, feats, settings.features_id()), unit_uri(out, unit.key))
+    storage.write_parquet(
+        features_rows(ids, feats, settings.features_id()), unit_uri(out, unit.key), row_group_size=ROW_GROUP
+    )
     return {
         "unit": unit.key,
         "extracted": len(ids),
