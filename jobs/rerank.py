@@ -61,7 +61,7 @@ def _score_blocks(out: str, blocks: list[Block], features: list[str], settings: 
     n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: dict = {}
     queue = iter(units)
-    totals = {"pairs": 0, "load_s": 0.0, "match_s": 0.0}
+    totals = {"pairs": 0, "load_s": 0.0, "match_s": 0.0, "match_cpu_s": 0.0}
     bar = progress(None, total=len(units), desc="rerank", unit="block")
     try:
         while True:
@@ -120,7 +120,7 @@ def run_rerank(
     stats = _score_blocks(out, blocks, features, settings, shortlist, rerank_block, workers)
     stats["rerank_score_s"] = round(time.perf_counter() - t0, 3)
     if stats["pairs"]:
-        stats["ms_per_pair_per_core"] = round(1000 * stats["match_s"] / stats["pairs"], 3)
+        stats["ms_per_pair_cpu"] = round(1000 * stats["match_cpu_s"] / stats["pairs"], 3)
     gallery = _gallery_meta(info)
     cos, inl, same = [], [], []
     for b in blocks:
