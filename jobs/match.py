@@ -40,6 +40,7 @@ from jobs.common import (
 from jobs.registry import RAY, Job, add_job
 from reid import manifest, matching, storage
 from reid.embeddings import Block, blocks_from_ranges, embeddings_ranges
+from reid.errors import ReidError
 from reid.review import apply as review_apply
 from reid.review.apply import Reviewed
 from reid.review.resolve import ID_FORMAT, check_id_format
@@ -171,6 +172,11 @@ def run(cfg: MatchConfig) -> dict:
 
     started, t0 = manifest.now(), time.perf_counter()
     check_locations(cfg)
+    if cfg.keypoints and cfg.k > cfg.rerank:
+        raise ReidError(
+            f"reid match: --k {cfg.k} is more than --rerank {cfg.rerank}: with --keypoints the output ranks "
+            "the re-ranked shortlist; raise --rerank to at least --k"
+        )
     info = index_store.open_index(cfg.index)
     if cfg.query is None:
         ranges = [r for s in info.shards for r in s.ranges]
