@@ -5,7 +5,7 @@ sub-blocks of ``rerank_block`` queries; one Ray task per sub-block loads the fea
 queries and their shortlists once and scores every pair (:func:`reid.local.rerank.rerank_part`),
 committing ``local/part-<block>-<sub>.parquet`` (a re-run skips committed ones). The driver then
 fits the calibration on the labelled pairs of every shortlist (bursts left out; at most
-``max_calibration_pairs``, sampled), writes ``calibration.json`` and each block's fused ranking
+``MAX_CALIBRATION_PAIRS``, sampled evenly over blocks), writes ``calibration.json`` and each block's fused ranking
 ``reranked/part-<block>.parquet``, and calibrates the new-individual threshold on the fused score.
 """
 
@@ -123,10 +123,15 @@ def run_rerank(
         stats["ms_per_pair_cpu"] = round(1000 * stats["match_cpu_s"] / stats["pairs"], 3)
     gallery = _gallery_meta(info)
     cos, inl, same = [], [], []
+    rng = np.random.default_rng(seed)
+    per_block = max(1, MAX_CALIBRATION_PAIRS // max(1, len(blocks)))  # driver memory O(cap), not O(N*B)
     for b in blocks:
         t = _block_table(out, b, shortlist)
         queries = storage.read_parquet(_part(out, "queries", b.id))
         c, i, s = rerank.calibration_pairs(t, queries, gallery)
+        if len(s) > per_block:
+            pick = rng.choice(len(s), per_block, replace=False)
+            c, i, s = c[pick], i[pick], s[pick]
         cos.append(c), inl.append(i), same.append(s)
     cos, inl, same = np.concatenate(cos), np.concatenate(inl), np.concatenate(same)
     if len(inl) and not (inl >= 0).any():
@@ -134,9 +139,6 @@ def run_rerank(
             f"{', '.join(features)}: none of the shortlisted images has local features; run `reid keypoints` "
             "on the archives these embeddings were made from"
         )
-    if len(same) > MAX_CALIBRATION_PAIRS:
-        pick = np.random.default_rng(seed).choice(len(same), MAX_CALIBRATION_PAIRS, replace=False)
-        cos, inl, same = cos[pick], inl[pick], same[pick]
     cal = calibration.fit(cos, inl, same, method)
     storage.write_json(storage.join(out, CALIBRATION), cal.to_dict())
     labelled_q, fused_m = [], []
