@@ -104,12 +104,15 @@ class Matcher:
         rows = np.arange(na)
         best = sim.argmax(1)
         s1 = sim[rows, best]
-        top2 = np.partition(sim, nb - 2, axis=1)[:, nb - 2]  # the second largest of each row
+        sim[rows, best] = -2.0  # below any cosine: the row's maximum is now its second best
+        top2 = sim.max(1)
+        sim[rows, best] = s1  # restored (sim may be a view of a block shared by several pairs)
         # distances of unit vectors: d^2 = 2 - 2 s; ratio test d1 < r d2
         r2 = self.settings.ratio**2
         ok = (2.0 - 2.0 * s1) < r2 * (2.0 - 2.0 * top2)
-        if self.settings.mutual:
-            ok &= sim.argmax(0)[best] == rows
+        if self.settings.mutual and ok.any():  # mutual: checked only on the columns that passed
+            cols = best[ok]
+            ok[ok] = sim[:, cols].argmax(0) == rows[ok]
         return rows[ok], best[ok]
 
     def verify(self, xa: np.ndarray, xb: np.ndarray) -> tuple[int, np.ndarray | None]:
