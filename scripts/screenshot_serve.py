@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.index is None:
         if a.build is None:
             ap.error("give --index and --model, or --build DIR")
-        from tests.servedata import build
+        from tests.support.servedata import build
 
         built = build(a.build) if not (a.build / "index" / "_manifest.json").exists() else None
         a.index, a.model = str(a.build / "index"), str(a.build / "model")
         print(f"built {built}" if built else f"reusing {a.build}", file=sys.stderr)
         if a.review:
-            from tests.servedata import build_review
+            from tests.support.servedata import build_review
 
             served = {k: str(a.build / k) for k in ("archive", "model", "embeddings", "index")}
             rdir = a.build / "review"

@@ -1,5 +1,5 @@
 """Shared fixtures (a real S3 endpoint: moto's server as a subprocess on loopback; one local Ray per
-module; the lions data) and the markers derived from the fixtures a test uses."""
+module; the lions data; the served index) and the markers derived from the fixtures a test uses."""
 
 from __future__ import annotations
 
@@ -90,6 +90,27 @@ def ray_local(s3_server):
     connect(num_cpus=2)
     yield
     shutdown()
+
+
+# --------------------------------------------------------------------------- the served index
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> dict[str, str]:
+    """A small index built by the real jobs (synth -> embed -> index on Ray), once per session:
+    :func:`tests.support.servedata.build`. A failed build fails every test that asks for it
+    (pytest keeps a session fixture's error) rather than being retried."""
+    from tests.support.servedata import build
+
+    return build(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def reviewed(served, tmp_path_factory) -> dict[str, str]:
+    """The review inputs (:func:`tests.support.servedata.build_review`), built once per session."""
+    from tests.support.servedata import build_review
+
+    return build_review(tmp_path_factory.mktemp("review"), served)
 
 
 # --------------------------------------------------------------------------- markers from fixtures

@@ -17,7 +17,7 @@ from reid.images.preprocess import decode_for_model, normalize
 from reid.model.network import create_model
 from reid.model.package import save_package
 from reid.model.spec import ModelSpec
-from tests.test_formats import write_coco, write_megadetector
+from tests.support.formats import write_coco, write_megadetector
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from reid.images.transforms import preprocess
 from reid.model.network import create_model
 from reid.model.package import load_package, save_package
 from reid.model.spec import ModelSpec
-from tests.images import bad_folder, jpeg_bytes, photo
+from tests.support.images import bad_folder, jpeg_bytes, photo
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ from reid.archive import ArchiveWriter
 from reid.model.network import create_model
 from reid.model.package import save_package
 from reid.model.spec import ModelSpec
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos, pytest.mark.slow]
 N = 32

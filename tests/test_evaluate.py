@@ -21,7 +21,7 @@ from reid.evaluation.data import eval_data
 from reid.evaluation.exclusions import exclusion_mask
 from reid.evaluation.protocols import leave_one_out
 from reid.evaluation.scoring import CURVE_K
-from tests.evalset import MODEL_ID, PLAN, UNLABELLED, make_eval_inputs
+from tests.support.evalset import MODEL_ID, PLAN, UNLABELLED, make_eval_inputs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

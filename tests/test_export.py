@@ -17,8 +17,7 @@ from jobs.ingest import IngestConfig
 from jobs.ingest import run as ingest_run
 from reid import archive, manifest, matching, review, storage
 from reid.images import imageio
-from tests.servedata import served  # noqa: F401, F811 - the fixture, built once per session
-from tests.test_formats import write_camtrapdp, write_coco
+from tests.support.formats import write_camtrapdp, write_coco
 
 COMPARED = (
     "image_id",
@@ -196,7 +195,7 @@ def test_reviews_overrule_the_matcher(exported, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_export_of_a_real_match_run(served, tmp_path):  # noqa: F811 - pytest fixture
+def test_export_of_a_real_match_run(served, tmp_path):
     """synth -> embed -> index (tests/servedata.py) -> match -> export: the archive is found
     through the lineage and every archive row is one sightings row with its crop."""
     from cluster.runtime import shutdown
@@ -246,7 +245,7 @@ def test_lineage_finds_the_archive_the_decisions_are_about(tmp_path):
 
 def test_wildlife_datasets_archive_round_trips_through_coco(tmp_path):
     """A table without photo ids: the COCO export numbers its images but reads back with none."""
-    from tests.test_formats import write_wildlife_datasets
+    from tests.support.formats import write_wildlife_datasets
 
     arch = str(tmp_path / "arch")
     ingest_run(IngestConfig(src=str(write_wildlife_datasets(tmp_path / "wd")), out=arch, survey="2021"))

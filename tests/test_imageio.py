@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from reid.images import imageio
-from tests.images import jpeg_bytes, photo, png_bomb
+from tests.support.images import jpeg_bytes, photo, png_bomb
 
 
 def test_exif_rotation_is_applied_and_left_half_stays_identifiable():

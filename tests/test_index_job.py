@@ -14,7 +14,7 @@ from reid import manifest, storage
 from reid.errors import ReidError
 from reid.schema import conform, embeddings_schema
 from reid.search import index_store
-from tests.test_index import assert_same_knn, brute_force, clustered_vectors, grid_vectors
+from tests.support.knn import assert_same_knn, brute_force, clustered_vectors, grid_vectors
 
 pytestmark = pytest.mark.ray
 T0 = dt.datetime(2022, 4, 1, tzinfo=dt.timezone.utc)

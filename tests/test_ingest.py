@@ -11,7 +11,7 @@ from jobs.ingest import IngestConfig, run
 from reid import archive, manifest
 from reid.errors import ReidError
 from reid.images import imageio
-from tests.images import bad_folder, jpeg_bytes, photo
+from tests.support.images import bad_folder, jpeg_bytes, photo
 
 
 def test_bad_inputs_land_in_rejects_with_reasons(tmp_path):

@@ -26,7 +26,7 @@ from jobs.ingest import IngestConfig, run
 from reid import archive, ingest, manifest
 from reid.images import imageio, jpegroi
 from reid.schema import UNLABELLED_NAMES, individual_or_none
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 REID = str(Path(sys.executable).parent / "reid")
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servedata import known_photo, new_animal_photo, png, review_files, served  # noqa: F401 - fixture
+from tests.support.servedata import known_photo, new_animal_photo, png, review_files
 
 REPO = Path(__file__).resolve().parents[1]
 UPLOAD_PIXELS = 25_000_000  # the default upload cap; archives allow imageio.MAX_PIXELS (100 MP)
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.ray  # the served index is built by the real jobs
 
 
 @pytest.fixture(scope="module")
-def server(served):  # noqa: F811
+def server(served):
     """(app, base URL, port) of a real uvicorn serving the test index with the default caps."""
     from jobs.serve import create_app, running
 
@@ -68,7 +68,7 @@ def same_origin(port: int) -> dict[str, str]:
     return {"Origin": f"http://127.0.0.1:{port}", "Sec_Fetch_Site": "same-origin"}
 
 
-def test_forged_host_is_refused_and_nothing_is_stored(server, served):  # noqa: F811
+def test_forged_host_is_refused_and_nothing_is_stored(server, served):
     _, _, port = server
     status, a, _ = call(port, "POST", "/api/query", new_animal_photo(21))
     assert status == 200, a
@@ -98,7 +98,7 @@ def test_forged_host_is_refused_and_nothing_is_stored(server, served):  # noqa: 
     assert len(review_files(served["index"])) == len(before) + 1
 
 
-def test_cross_site_origin_is_refused_and_nothing_is_stored(server, served):  # noqa: F811
+def test_cross_site_origin_is_refused_and_nothing_is_stored(server, served):
     _, _, port = server
     _, individual, data = known_photo(served["archive"])
     status, a, _ = call(port, "POST", "/api/query", data, **same_origin(port))
@@ -197,7 +197,7 @@ def test_upload_pixel_cap_is_lower_than_the_archive_cap(server):
     assert app.state.decode_gate.decoded == decoded  # refused from the header: never decoded
 
 
-def _serve(served: dict, *args: str) -> subprocess.Popen:  # noqa: F811
+def _serve(served: dict, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "jobs.cli", "serve", "--index", served["index"], "--model", served["model"]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -215,7 +215,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
-def test_port_0_prints_the_real_port(served):  # noqa: F811
+def test_port_0_prints_the_real_port(served):
     proc = _serve(served, "--port", "0", "--allowed-host", "reviews.lab")
     try:
         lines: list[str] = []
@@ -242,7 +242,7 @@ def test_port_0_prints_the_real_port(served):  # noqa: F811
     assert "Traceback" not in out + err
 
 
-def test_port_in_use_exits_2_with_one_line(served):  # noqa: F811
+def test_port_in_use_exits_2_with_one_line(served):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

@@ -15,7 +15,7 @@ from reid import archive, manifest, storage
 from reid.archive import ArchiveWriter
 from reid.errors import ReidError
 from reid.local.store import FeatureStore, read_features
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 pytestmark = [pytest.mark.ray]
 N = 24

@@ -13,7 +13,7 @@ from reid.local.calibration import Calibration, fit
 from reid.local.store import decode_row, features_rows
 from reid.synthetic.scenes import render
 from reid.synthetic.survey import SynthConfig, plan
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 
 @pytest.fixture(scope="module")

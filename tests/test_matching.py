@@ -12,7 +12,7 @@ from reid import matching
 from reid.data import sightings
 from reid.errors import ConfigError
 from reid.search import faiss_index
-from tests.test_index import assert_same_knn, brute_force, grid_vectors
+from tests.support.knn import assert_same_knn, brute_force, grid_vectors
 
 DAY = dt.datetime(2023, 5, 1, tzinfo=dt.timezone.utc)
 

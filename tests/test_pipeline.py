@@ -20,7 +20,7 @@ from reid.errors import ConfigError, ReidError
 from reid.model.network import create_model
 from reid.model.package import save_package
 from reid.model.spec import ModelSpec
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 GRAPH = """
 [vars]

@@ -21,7 +21,7 @@ from reid import manifest, storage
 from reid.archive import ArchiveWriter
 from reid.evaluation import report
 from reid.schema import conform, embeddings_schema
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 SCRIPT = "<script>alert(1)</script>"
 ONERROR = '"><img src=x onerror=alert(1)>'

@@ -11,7 +11,7 @@ import pytest
 
 from jobs.evaluate import EvaluateConfig, run
 from scripts import chromium
-from tests.evalset import make_eval_inputs
+from tests.support.evalset import make_eval_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

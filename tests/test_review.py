@@ -10,7 +10,7 @@ from reid import review, storage
 from reid.errors import ConfigError, ReidError
 from reid.review import apply, resolve
 from reid.review.queue import load_queue, score_bounds
-from tests.servedata import hand_made_matches
+from tests.support.servedata import hand_made_matches
 
 
 def log(tmp_path, *decisions: tuple) -> str:

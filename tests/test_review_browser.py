@@ -16,7 +16,6 @@ import pytest
 
 from scripts import chromium
 from scripts.chromium import wait_until
-from tests.servedata import reviewed, served  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,7 +37,7 @@ def open_item(page, item_id: str) -> None:
     wait_until(page, f"document.querySelector('#view').dataset.itemId === '{item_id}'", 30)
 
 
-def test_review_queue_decisions_shape_the_next_match(reviewed, tmp_path):  # noqa: F811
+def test_review_queue_decisions_shape_the_next_match(reviewed, tmp_path):
     pytest.importorskip("playwright.sync_api")
     from jobs.match import MatchConfig
     from jobs.match import run as match

@@ -18,14 +18,14 @@ from PIL import Image
 
 from reid import review
 from reid.errors import ReidError
-from tests.servedata import files_under, known_photo, new_animal_photo, png, served  # noqa: F401 - fixture
+from tests.support.servedata import files_under, known_photo, new_animal_photo, png
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def client(served):  # noqa: F811
+def client(served):
     from fastapi.testclient import TestClient
 
     from jobs.serve import create_app
@@ -36,7 +36,7 @@ def client(served):  # noqa: F811
 
 
 @pytest.mark.ray
-def test_info_uses_the_calibrated_threshold_and_offers_examples(client, served):  # noqa: F811
+def test_info_uses_the_calibrated_threshold_and_offers_examples(client, served):
     from reid.search import index_store
 
     info = client.get("/api/info").json()
@@ -53,7 +53,7 @@ def test_info_uses_the_calibrated_threshold_and_offers_examples(client, served):
 
 
 @pytest.mark.ray
-def test_known_photo_ranks_its_individual_first(client, served):  # noqa: F811
+def test_known_photo_ranks_its_individual_first(client, served):
     image_id, individual, data = known_photo(served["archive"])
     r = client.post("/api/query", content=data, headers={"content-type": "image/png"})
     assert r.status_code == 200, r.text
@@ -78,7 +78,7 @@ def test_new_animal_is_likely_new(client):
 
 
 @pytest.mark.ray
-def test_example_query_leaves_out_the_photo_and_its_burst(client, served):  # noqa: F811
+def test_example_query_leaves_out_the_photo_and_its_burst(client, served):
     ex = client.get("/api/info").json()["examples"][0]
     a = client.post(f"/api/example/{ex['image_id']}").json()
     assert a["archive_label"] == ex["individual_id"] and a["image_id"] == ex["image_id"]
@@ -163,7 +163,7 @@ def test_page_and_headers(client):
 
 
 @pytest.mark.ray
-def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, served):  # noqa: F811
+def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, served):
     before = files_under(served["index"])
     image_id, individual, data = known_photo(served["archive"])
     a = client.post("/api/query", content=data).json()
@@ -212,7 +212,7 @@ def test_decisions_are_stored_next_to_the_index_and_uploads_are_not(client, serv
 
 
 @pytest.mark.ray
-def test_a_model_the_index_was_not_built_with_is_refused(served, tmp_path):  # noqa: F811
+def test_a_model_the_index_was_not_built_with_is_refused(served, tmp_path):
     from jobs.serve import create_app
     from reid.model.network import create_model
     from reid.model.package import save_package
@@ -412,11 +412,11 @@ def test_bad_serve_options_are_one_line_errors(args, words, tmp_path):
 
 
 @pytest.mark.ray
-def test_review_queue_api(client, served, tmp_path):  # noqa: F811
+def test_review_queue_api(client, served, tmp_path):
     from fastapi.testclient import TestClient
 
     from jobs.serve import create_app
-    from tests.servedata import hand_made_matches
+    from tests.support.servedata import hand_made_matches
 
     assert client.get("/api/queue").status_code == 404  # served without --matches
     assert "--matches" in client.get("/api/queue").json()["error"]

@@ -15,7 +15,7 @@ import pytest
 
 from scripts import chromium
 from scripts.chromium import wait_until
-from tests.servedata import known_photo, new_animal_photo, served  # noqa: F401 - fixture
+from tests.support.servedata import known_photo, new_animal_photo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def url(served):  # noqa: F811
+def url(served):
     from jobs.serve import create_app, running
 
     with running(create_app(served["index"], served["model"])) as u:
@@ -55,7 +55,7 @@ def upload(page, name: str, data: bytes, mime: str) -> None:
     page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
 
 
-def test_known_photo_is_ranked_first_and_same_is_stored(page, served, url):  # noqa: F811
+def test_known_photo_is_ranked_first_and_same_is_stored(page, served, url):
     from reid import review
 
     image_id, individual, data = known_photo(served["archive"])
@@ -83,7 +83,7 @@ def test_known_photo_is_ranked_first_and_same_is_stored(page, served, url):  # n
     assert page.locator("#recent li").count() >= 1
 
 
-def test_new_animal_is_likely_new_and_new_is_stored(page, served):  # noqa: F811
+def test_new_animal_is_likely_new_and_new_is_stored(page, served):
     from reid import review
 
     data = new_animal_photo(seed=11)
@@ -126,7 +126,7 @@ def test_page_stays_on_this_server(page, url):
     assert [p for p in page.problems if "status of 415" not in p] == []
 
 
-def test_screenshot_command(served, tmp_path):  # noqa: F811
+def test_screenshot_command(served, tmp_path):
     pytest.importorskip("playwright.sync_api")
     out = tmp_path / "serve.png"
     cmd = [sys.executable, str(REPO / "scripts" / "screenshot_serve.py"), str(out)]

@@ -294,7 +294,7 @@ def _make_archive_and_model(root: str, n: int, backbone: str = "resnet10t", size
     from reid.model.network import create_model
     from reid.model.package import save_package
     from reid.model.spec import ModelSpec
-    from tests.images import jpeg_bytes, photo
+    from tests.support.images import jpeg_bytes, photo
 
     torch.manual_seed(0)
     spec = ModelSpec(backbone=backbone, embedding_dim=16, input_size=size)

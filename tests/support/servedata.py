@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 INPUT_SIZE = 64
@@ -50,24 +49,6 @@ def build(root: Path) -> dict[str, str]:
     finally:
         shutdown()
     return paths
-
-
-_BUILT: dict = {}  # "paths" (the built inputs) or "error" (why the build failed)
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory) -> dict[str, str]:
-    """The served inputs, built once per test session (each module imports this fixture, so the
-    build is cached here rather than by pytest, which would build once per importing module)."""
-    if "error" in _BUILT:  # a failed build is not retried by the next module
-        raise RuntimeError(f"building the served index failed earlier: {_BUILT['error']}")
-    if "paths" not in _BUILT:
-        try:
-            _BUILT["paths"] = build(tmp_path_factory.mktemp("serve"))
-        except Exception as e:
-            _BUILT["error"] = f"{type(e).__name__}: {e}"
-            raise
-    return _BUILT["paths"]
 
 
 def known_photo(archive_uri: str, labelled: bool = True) -> tuple[str, str | None, bytes]:
@@ -151,14 +132,6 @@ def build_review(root: Path, served: dict[str, str]) -> dict[str, str]:
     finally:
         shutdown()
     return paths
-
-
-@pytest.fixture(scope="session")
-def reviewed(served, tmp_path_factory) -> dict[str, str]:
-    """The review inputs (:func:`build_review`), built once per test session."""
-    if "review" not in _BUILT:
-        _BUILT["review"] = build_review(tmp_path_factory.mktemp("review"), served)
-    return _BUILT["review"]
 
 
 def hand_made_matches(root: Path) -> str:

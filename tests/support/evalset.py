@@ -17,7 +17,7 @@ import pyarrow as pa
 from reid import manifest, storage
 from reid.archive import ArchiveWriter
 from reid.schema import conform, embeddings_schema
-from tests.images import jpeg_bytes, photo
+from tests.support.images import jpeg_bytes, photo
 
 DIM = 32
 MODEL_ID = "test-model-0001"
