@@ -86,10 +86,14 @@ def test_private_name_check_sees_both_spellings(tmp_path):
     ("package", "modules"),
     [
         ("synthetic", {"survey", "render", "scenes", "truth"}),
-        ("evaluation", {"data", "protocols", "exclusions", "scoring", "metrics", "plots", "report"}),
-        ("search", {"faiss_index", "index_store", "allvsall", "population"}),
+        (
+            "evaluation",
+            {"data", "protocols", "exclusions", "scoring", "metrics", "plots", "report", "results"},
+        ),
+        ("search", {"faiss_index", "index_store", "build", "allvsall", "population"}),
         ("data", {"labels", "splits", "sightings", "trainval", "cache", "dataset", "sampler"}),
         ("model", {"spec", "network", "package", "backbones", "losses", "weight_sources"}),
+        ("images", {"imageio", "jpegroi", "preprocess", "transforms"}),
     ],
 )
 def test_sub_packages_hold_their_modules(package, modules):

@@ -7,6 +7,7 @@
 * :mod:`reid.evaluation.metrics`: accuracy@k, mAP, open-set metrics (training validation uses them too);
 * :mod:`reid.evaluation.scoring`: one protocol's metrics, candidates, score distributions and threshold.
 * :mod:`reid.evaluation.plots`: the report's figures (accuracy@k curve, score histograms, 2-D maps);
+* :mod:`reid.evaluation.results`: what `reid evaluate` writes besides the report (metrics order, candidates);
 * :mod:`reid.evaluation.report`: the self-contained HTML report (jinja2 template, autoescaped).
 
 The embeddings reader they all start from is :func:`reid.embeddings.read_embeddings`.

@@ -2,6 +2,7 @@
 
 * :mod:`reid.search.faiss_index`: choose, train, build, search and store one FAISS index;
 * :mod:`reid.search.index_store`: a sharded index on storage (versions, manifest, shards, id tables);
+* :mod:`reid.search.build`: building an index version without Ray (plan, quantizer, shards, clean-up);
 * :mod:`reid.search.allvsall`: the Ray-free work units of all-vs-all search ((shard x block) tasks);
 * :mod:`reid.search.population`: identities, per-survey counts and capture histories from matches.
 
