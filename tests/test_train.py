@@ -98,6 +98,8 @@ def test_bad_config_fails_before_any_worker(tmp_path, small_archive):
 
     from jobs.train import make_config, run
 
+    ray.shutdown()  # a Ray left by an earlier test would hide one these calls started
+
     out = str(tmp_path / "m")
     with pytest.raises(ConfigError, match="resnet18"):
         run(make_config(archive=small_archive, out=out, backbone="resnet18x"))
