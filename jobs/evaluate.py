@@ -191,7 +191,9 @@ def run(cfg: EvaluateConfig) -> dict:
         "gallery": int(ev.metrics["n_gallery"]),
         "excluded_pairs": ev.exclusions,
     }
-    inputs_uris = [cfg.embeddings] + ([cfg.split] if cfg.split else []) + ([cfg.keypoints] if cfg.keypoints else [])
+    inputs_uris = (
+        [cfg.embeddings] + ([cfg.split] if cfg.split else []) + ([cfg.keypoints] if cfg.keypoints else [])
+    )
     manifest.write_manifest(
         cfg.out,
         JOB,

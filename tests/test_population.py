@@ -47,7 +47,9 @@ def test_counts_and_capture_history():
     ]
     ch = population.capture_history(identities)
     assert ch.column_names == ["individual", "2021", "2022", "2023", "ch", "ch_confirmed"]
-    confirmed = dict(zip(ch.column("individual").to_pylist(), ch.column("ch_confirmed").to_pylist(), strict=True))
+    confirmed = dict(
+        zip(ch.column("individual").to_pylist(), ch.column("ch_confirmed").to_pylist(), strict=True)
+    )
     assert confirmed == {"A": "110", "B": "000", "C": "001"}  # what people established, apart
     assert dict(zip(ch.column("individual").to_pylist(), ch.column("ch").to_pylist(), strict=True)) == {
         "A": "111",
