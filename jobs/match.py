@@ -208,8 +208,8 @@ def run(cfg: MatchConfig) -> dict:
         )
     knn_s = time.perf_counter() - t_knn
     local: dict = {}
-    if cfg.keypoints:  # jobs/rerank.py: scores, calibration.json, reranked/ (fused), fused threshold
-        from jobs.rerank import run_rerank
+    if cfg.keypoints:  # cluster/rerank.py: scores, calibration.json, reranked/ (fused), fused threshold
+        from cluster.rerank import run_rerank
         from reid.local.match import MatcherSettings
 
         local, threshold = run_rerank(

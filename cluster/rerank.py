@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.runtime import ray_get
-from jobs.common import progress
 from reid import matching, storage
 from reid.embeddings import Block
 from reid.errors import ReidError
 from reid.local import calibration, rerank
 from reid.local.match import MatcherSettings
+from reid.progress import progress
 from reid.search.index_store import IndexInfo
 
 __all__ = ["MAX_CALIBRATION_PAIRS", "run_rerank"]
