@@ -183,6 +183,14 @@ def create_app(index: str, model: str, archive: list[str] | str | None = None, *
         """The larger picture the review view zooms into (``photo_size`` pixels a side, at most)."""
         return await picture(image_id, cfg.photo_size)
 
+    @app.get("/matches/{image_a}/{image_b}.png")
+    async def keypoint_matches(image_a: str, image_b: str):
+        """Verified keypoint matches between two archive photos, drawn; X-Inliers counts them."""
+        out = await call(svc.keypoint_matches, image_a, image_b)
+        if isinstance(out, Response):
+            return out
+        return Response(out[0], media_type="image/png", headers={"X-Inliers": str(out[1])})
+
     @app.post("/api/decision")
     async def decision(d: Decision):
         return await call(svc.decision, d.query_id, d.decision, d.individual_id, d.reviewer, d.note)

@@ -64,6 +64,10 @@ def test_review_queue_decisions_shape_the_next_match(reviewed, tmp_path):
         assert page.get_attribute("#view", "data-item-id") == new_item["item_id"]  # impact first
         assert "stranger-a" in page.inner_text("#meta-query")  # the file name is shown
         wait_until(page, "document.querySelector('#img-query').naturalWidth > 0")
+        # the pair's verified keypoint matches are drawn under the photos, with their count
+        wait_until(page, "document.querySelector('#img-kp').naturalWidth > 0")
+        assert page.get_attribute("#kp", "data-inliers").isdigit()
+        assert "verified keypoint matches" in page.inner_text("#kp-info")
         page.fill("#reviewer", "tester")
         page.click("body")  # focus leaves the name field: keys are shortcuts again
 

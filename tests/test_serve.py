@@ -468,3 +468,21 @@ def test_review_queue_api(client, served, tmp_path):
         )
         assert cross.status_code == 403
     assert len(review.read_reviews(reviews)) == 5  # new, same, different, undo, same: nothing else stored
+
+
+@pytest.mark.ray
+def test_review_view_draws_verified_keypoint_matches(client, served):
+    from reid import archive
+
+    rows = list(archive.iter_rows(served["archive"], columns=["image_id", "individual_id"]))
+    a = next(r for r in rows if r["individual_id"])
+    other = next(r for r in rows if r["individual_id"] and r["individual_id"] != a["individual_id"])
+    itself = client.get(f"/matches/{a['image_id']}/{a['image_id']}.png")
+    assert itself.status_code == 200 and itself.headers["content-type"] == "image/png"
+    drawn = Image.open(io.BytesIO(itself.content))
+    assert drawn.width > drawn.height  # both crops side by side
+    stranger = client.get(f"/matches/{a['image_id']}/{other['image_id']}.png")
+    assert stranger.status_code == 200
+    # a photo against itself verifies far more keypoints than against another animal
+    assert int(itself.headers["x-inliers"]) > max(8, int(stranger.headers["x-inliers"]))
+    assert client.get(f"/matches/{a['image_id']}/not-an-id.png").status_code == 404

@@ -6,7 +6,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const PAGE = 20;
-const state = { offset: 0, page: null, pos: 0, skipped: new Set(), done: [], busy: false, alt: null };
+const state = { offset: 0, page: null, pos: 0, skipped: new Set(), done: [], busy: false, alt: null, kp: null };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -166,6 +166,26 @@ function select(i) {
   showError("");
 }
 
+async function showMatches(q, c) {
+  // the pair's verified SIFT matches, drawn by the server: why two photos are called the same animal
+  const box = $("#kp"), img = $("#img-kp"), info = $("#kp-info");
+  if (!q || !c) { box.hidden = true; img.removeAttribute("src"); state.kp = null; return; }
+  const key = `${encodeURIComponent(q.image_id)}/${encodeURIComponent(c.image_id)}`;
+  state.kp = key;
+  box.hidden = false;
+  info.textContent = "verifying keypoints…";
+  try {
+    const r = await fetch(`/matches/${key}.png`);
+    if (state.kp !== key) return;  // another pair is shown by now
+    if (!r.ok) { img.removeAttribute("src"); info.textContent = `keypoints: ${(await r.text()).slice(0, 200)}`; return; }
+    const blob = await r.blob();
+    if (state.kp !== key) return;
+    img.src = URL.createObjectURL(blob);
+    info.textContent = `${r.headers.get("X-Inliers")} verified keypoint matches (SIFT, geometric check)`;
+    box.dataset.inliers = r.headers.get("X-Inliers");
+  } catch (e) { if (state.kp === key) info.textContent = `keypoints: ${e.message}`; }
+}
+
 function showCandidate(it, j) {
   // j: which of the item's nearest individuals is compared (null: the item's own candidate)
   const a = j === null || j === undefined ? null : it.alternatives[j];
@@ -175,6 +195,7 @@ function showCandidate(it, j) {
   const score = a ? a.score : it.score;
   setPhoto($("#img-cand"), photo);
   metaList($("#meta-cand"), photo);
+  showMatches(it.query, photo);
   $("#view").dataset.candidate = a ? a.individual_id : it.candidate_individual || "";
   document.querySelectorAll("#alts button").forEach((b) => b.classList.toggle("chosen", b.dataset.alt === state.alt));
   $("#cand-title").textContent = it.kind === "new" && !a ? `Nearest known individual: ${ind}` : `Candidate: ${ind}`;

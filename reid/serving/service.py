@@ -167,6 +167,21 @@ class ReviewService:
         except ReidError as e:
             raise HttpError(422, str(e)) from None
 
+    def keypoint_matches(self, image_a: str, image_b: str, height: int = 320) -> tuple[bytes, int]:
+        """Two archive photos' verified SIFT matches drawn side by side (PNG) and their inlier count:
+        why the review view's pair is, or is not, called the same animal."""
+        from reid.local.pairs import draw_matches, matched_keypoints
+
+        self._require(image_a)
+        self._require(image_b)
+        a, b = self.matcher.archive.get(image_a), self.matcher.archive.get(image_b)
+        try:
+            found = matched_keypoints(a["image"], b["image"], a["bbox"], b["bbox"])
+            png = draw_matches(a["image"], b["image"], found, a["bbox"], b["bbox"], height)
+        except ReidError as e:
+            raise HttpError(422, str(e)) from None
+        return png, int(found["inliers"])
+
     # -- decisions
 
     def decision(self, query_id: str, decision: str, individual_id: str | None, reviewer: str | None,
