@@ -44,6 +44,15 @@ def print_summary(job: str, summary: dict) -> None:
     console.print(table)
 
 
+def print_summary_and_rejects(job: str, out: str, summary: dict) -> None:
+    """The closing summary, then where the rejected images are listed (``total_rejects`` > 0)."""
+    from reid.archive import REJECTS
+
+    print_summary(job, summary)
+    if summary.get("total_rejects"):
+        print(f"{summary['total_rejects']} image(s) rejected: see {storage.join(out, REJECTS)}")
+
+
 # --------------------------------------------------------------------------------------------
 # Job configs: locations resolved in the driver, finite numbers, checks before any work
 

@@ -30,7 +30,7 @@ from jobs.common import (
     JobConfig,
     Output,
     check_locations,
-    print_summary,
+    print_summary_and_rejects,
 )
 from jobs.registry import RAY, Job, add_job
 from reid import archive, manifest, storage
@@ -235,9 +235,7 @@ def read_embeddings(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def _show(cfg: EmbedConfig, summary: dict) -> None:
-    print_summary(JOB, summary)
-    if summary.get("total_rejects"):
-        print(f"{summary['total_rejects']} image(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}")
+    print_summary_and_rejects(JOB, cfg.out, summary)
 
 
 add_job(

@@ -22,7 +22,7 @@ from jobs.common import (
     JobConfig,
     Output,
     check_locations,
-    print_summary,
+    print_summary_and_rejects,
     progress,
 )
 from jobs.registry import RAY, Job, add_job
@@ -172,9 +172,7 @@ def _finalize(
 
 
 def _show(cfg: KeypointsConfig, summary: dict) -> None:
-    print_summary(JOB, summary)
-    if summary.get("total_rejects"):
-        print(f"{summary['total_rejects']} image(s) rejected: see {storage.join(cfg.out, archive.REJECTS)}")
+    print_summary_and_rejects(JOB, cfg.out, summary)
 
 
 add_job(
