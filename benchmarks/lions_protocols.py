@@ -2,6 +2,7 @@
 
     python benchmarks/lions_protocols.py [--recipes zeroshot,pretrained,scratch] [--seeds 0,1,2]
                                          [--protocols identity,closed] [--work DIR] [--lions DIR]
+                                         [--config NAME=PATH ...]   (your own recipe, by name)
 
 Runs the real jobs on ../shared/datasets/lions (`reid ingest`, `reid split`, `reid train`,
 `reid embed`, `reid evaluate`):
@@ -14,7 +15,8 @@ Runs the real jobs on ../shared/datasets/lions (`reid ingest`, `reid split`, `re
   on both sides), test photos queried against the training photos by cosine 1-NN.
 
 Recipes: ``zeroshot`` (the pretrained backbone's pooled ImageNet features, no training),
-``pretrained`` (configs/lions-pretrained.toml), ``scratch`` (configs/lions.toml, random init).
+``pretrained`` (configs/lions-pretrained.toml), ``scratch`` (configs/lions.toml, random init);
+``--config NAME=PATH`` adds a recipe (or replaces one) to compare under the same protocols.
 The last epoch's model is scored (``keep = "last"``): the validation images are the test images
 here, so picking the best epoch would select on the test set. Each (recipe, protocol, seed)
 prints its figures; the run ends with a table (mean and range over
@@ -109,7 +111,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working folder (kept; re-runs reuse what is done)")
     ap.add_argument("--lions", type=Path, default=REPO.parent / "shared" / "datasets" / "lions")
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=PATH", help="add a recipe")
     a = ap.parse_args()
+    for item in a.config:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--config {item!r}: expected NAME=PATH to a training config file")
+        CONFIGS[name] = str(Path(path).resolve())
     work = a.work or Path(tempfile.mkdtemp(prefix="reid-lions-"))
     work.mkdir(parents=True, exist_ok=True)
     connect(num_cpus=a.cpus)

@@ -1,6 +1,6 @@
 """Trained vs untrained accuracy on individuals the model never saw, through the real jobs.
 
-    python benchmarks/train_accuracy.py synth [--config configs/synth-cnn.toml] [--work DIR]
+    python benchmarks/train_accuracy.py synth [--config configs/synth-cnn.toml] [--work DIR] [--seeds 0,1,2]
     python benchmarks/train_accuracy.py lions [--config configs/lions.toml] [--lions DIR]
 
 ``synth``: `reid synth` generates a training survey and, with another seed, a test survey of
@@ -8,7 +8,8 @@ other individuals; ``lions``: `reid ingest` reads ../shared/datasets/lions train
 lions never appear in train/). Then `reid train` (Ray Train, validating on the test archive),
 `reid embed` of the test archive with the trained model and with the same architecture
 untrained (random init, same seed), and `reid evaluate` leave-one-out on both (same-burst
-near-duplicates excluded), once comparing like flanks only and once any two photos.
+near-duplicates excluded), once comparing like flanks only and once any two photos. With
+``--seeds``, one training run per seed and the spread (mean [min-max]) over seeds.
 
 Ends with one JSON line of the figures (trained_* / untrained_* accuracy@1/5/10 and mAP, train_s).
 """
@@ -49,25 +50,25 @@ def archives(dataset: str, work: Path, lions: Path, train_kw: dict | None = None
     return tr, te
 
 
-def score(model: str, test: str, work: Path, name: str) -> dict:
-    emb = str(work / f"emb_{name}")
+def score(model: str, test: str, work: Path, name: str, tag: str = "") -> dict:
+    emb = str(work / f"emb_{name}{tag}")
     embed.run(embed.EmbedConfig(archive=test, model=model, out=emb, batch_size=64))
     out = {}
     for same_view in (True, False):
-        tag = "" if same_view else "_anyview"
+        view = "" if same_view else "_anyview"
         evaluate.run(
             evaluate.EvaluateConfig(
                 embeddings=emb,
-                out=str(work / f"eval_{name}{tag}"),
+                out=str(work / f"eval_{name}{tag}{view}"),
                 exclude_same_burst=True,
                 same_viewpoint=same_view,
                 report=False,
             )
         )
-        m = json.loads((work / f"eval_{name}{tag}" / "metrics.json").read_text())
+        m = json.loads((work / f"eval_{name}{tag}{view}" / "metrics.json").read_text())
         for key in ("accuracy@1", "accuracy@5", "accuracy@10", "map"):
-            out[f"{name}_{key.replace('@', '')}{tag}"] = round(m[key], 4)
-        out[f"queries{tag}"] = m["n_queries"]
+            out[f"{name}_{key.replace('@', '')}{view}"] = round(m[key], 4)
+        out[f"queries{view}"] = m["n_queries"]
     return out
 
 
@@ -78,7 +79,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working folder (kept; re-runs reuse its archives)")
     ap.add_argument("--lions", type=Path, default=REPO.parent / "shared" / "datasets" / "lions")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
-    ap.add_argument("--seed", type=int, help="override the config's seed (initial weights, batches)")
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="training seeds, comma-separated (initial weights, batches); default: the config's",
+    )
     ap.add_argument(
         "--train-individuals", type=int, help=f"synth: training survey size [{SYNTH_TRAIN['individuals']}]"
     )
@@ -95,30 +100,51 @@ def main() -> None:
     connect(num_cpus=a.cpus)
     sizes = {"individuals": a.train_individuals, "images_per_individual": a.train_images}
     tr, te = archives(a.dataset, work, a.lions, {k: v for k, v in sizes.items() if v})
-    model = str(work / "model")
-    cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=a.epochs, seed=a.seed)
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
+    runs = [run_seed(config, tr, te, work, a.epochs, seed, a.dataset) for seed in seeds]
+    if len(runs) == 1:
+        print(json.dumps(runs[0]))
+        return
+    print(f"\n{a.dataset}: {len(runs)} seeds ({a.seeds}); accuracy@1 mean [min-max]")
+    summary: dict = {"dataset": a.dataset, "seeds": seeds, "per_seed": runs}
+    for name in ("trained", "untrained"):
+        for tag, what in (("", "like flanks"), ("_anyview", "any two photos")):
+            vals = [r[f"{name}_accuracy1{tag}"] for r in runs]
+            summary[f"{name}_accuracy1{tag}"] = [round(sum(vals) / len(vals), 4), min(vals), max(vals)]
+            print(f"{name + ', ' + what:24s} {sum(vals) / len(vals):.3f} [{min(vals):.3f}-{max(vals):.3f}]")
+    summary["train_s"] = [r["train_s"] for r in runs]
+    print(json.dumps(summary))
+
+
+def run_seed(
+    config: str, tr: str, te: str, work: Path, epochs: int | None, seed: int | None, dataset: str
+) -> dict:
+    """Train with one seed, score the trained and the untrained model; prints a table, returns figures."""
+    tag = "" if seed is None else f"-s{seed}"
+    model = str(work / f"model{tag}")
+    cfg = train.make_config(config, archive=tr, out=model, val_archive=te, epochs=epochs, seed=seed)
     t0 = time.perf_counter()
     summary = train.run(cfg)
     train_s = time.perf_counter() - t0
-    untrained = str(work / "untrained")
+    untrained = str(work / f"untrained{tag}")
     if not (Path(untrained) / "model.json").exists():
         import torch
 
         torch.manual_seed(cfg.seed)  # the initial weights training started from
         save_package(create_model(cfg.model_spec(), load_pretrained=False), None, untrained)
-    figures = {"dataset": a.dataset, "backbone": cfg.backbone, "input_size": cfg.input_size,
+    figures = {"dataset": dataset, "seed": cfg.seed, "backbone": cfg.backbone, "input_size": cfg.input_size,
                "epochs": summary.get("epochs_run"), "train_s": round(train_s, 1),
                "best_epoch": summary.get("best_epoch")}  # fmt: skip
-    figures.update(score(model, te, work, "trained"))
-    figures.update(score(untrained, te, work, "untrained"))
-    print(f"{a.dataset}: {cfg.backbone} @ {cfg.input_size}px, {figures['epochs']} epochs in {train_s:.0f} s; "
-          f"test individuals never seen in training; leave-one-out, same burst excluded")  # fmt: skip
+    figures.update(score(model, te, work, "trained", tag))
+    figures.update(score(untrained, te, work, "untrained", tag))
+    print(f"{dataset}: {cfg.backbone} @ {cfg.input_size}px, seed {cfg.seed}, {figures['epochs']} epochs in "
+          f"{train_s:.0f} s; test individuals never seen in training; leave-one-out, same burst excluded")  # fmt: skip
     print(f"{'':24s} {'acc@1':>7s} {'acc@5':>7s} {'acc@10':>7s} {'mAP':>7s}")
     for name in ("trained", "untrained"):
-        for tag, what in (("", "like flanks"), ("_anyview", "any two photos")):
-            row = [figures[f"{name}_{k}{tag}"] for k in ("accuracy1", "accuracy5", "accuracy10", "map")]
+        for tag_, what in (("", "like flanks"), ("_anyview", "any two photos")):
+            row = [figures[f"{name}_{k}{tag_}"] for k in ("accuracy1", "accuracy5", "accuracy10", "map")]
             print(f"{name + ', ' + what:24s} " + " ".join(f"{v:7.3f}" for v in row))
-    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
