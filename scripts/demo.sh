@@ -15,7 +15,7 @@ $REID synth --out "$D/archive" --individuals 40 --years 3 --images-per-individua
 step "2/7 split: identity-disjoint train/test (bursts and same-day sightings kept together)"
 [ -f "$D/split.parquet" ] || $REID split "$D/archive" --out "$D/split.parquet" --kind identity --test-fraction 0.25
 
-step "3/7 train: reid_cnn_s + GeM + 128-d neck, CosFace on individual x flank classes, Ray Train"
+step "3/7 train: reid_cnn_s + GeM + 128-d neck, circle loss on individual x flank pairs, Ray Train"
 $REID train "$D/archive" --out "$D/model" --split "$D/split.parquet" --config configs/synth-cnn.toml \
   --epochs ${DEMO_EPOCHS:-6} --steps-per-epoch 20
 
