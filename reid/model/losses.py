@@ -14,6 +14,8 @@ Margins are in the unit PML uses for each loss and distance:
 - ``cosface`` (additive cosine margin, a.k.a. large-margin cosine loss): ``margin`` in **cosine**
   units (0.35), ``scale`` 64; a learnt weight matrix like ArcFace's. Its margin does not bend
   with the angle, which makes it the easier of the two to train from random initialisation.
+  Still, from random weights with many classes per batch a class-weight loss can collapse the
+  features for epochs (benchmarks/recipe_start.py); the from-scratch recipe uses ``circle``.
 
 Miners (pair and triplet losses only): ``hard`` (batch-hard: hardest positive and negative per
 anchor), ``semihard`` (triplets whose negative lies within the margin but beyond the positive),
