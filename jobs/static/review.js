@@ -166,10 +166,17 @@ function select(i) {
   showError("");
 }
 
+function setDrawing(img, blob) {
+  // show a drawing (or none), releasing the previous one's object URL: a long session views many pairs
+  const old = img.src;
+  if (blob) img.src = URL.createObjectURL(blob); else img.removeAttribute("src");
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+}
+
 async function showMatches(q, c) {
   // the pair's verified SIFT matches, drawn by the server: why two photos are called the same animal
   const box = $("#kp"), img = $("#img-kp"), info = $("#kp-info");
-  if (!q || !c) { box.hidden = true; img.removeAttribute("src"); state.kp = null; return; }
+  if (!q || !c) { box.hidden = true; setDrawing(img, null); state.kp = null; return; }
   const key = `${encodeURIComponent(q.image_id)}/${encodeURIComponent(c.image_id)}`;
   state.kp = key;
   box.hidden = false;
@@ -177,10 +184,10 @@ async function showMatches(q, c) {
   try {
     const r = await fetch(`/matches/${key}.png`);
     if (state.kp !== key) return;  // another pair is shown by now
-    if (!r.ok) { img.removeAttribute("src"); info.textContent = `keypoints: ${(await r.text()).slice(0, 200)}`; return; }
+    if (!r.ok) { setDrawing(img, null); info.textContent = `keypoints: ${(await r.text()).slice(0, 200)}`; return; }
     const blob = await r.blob();
     if (state.kp !== key) return;
-    img.src = URL.createObjectURL(blob);
+    setDrawing(img, blob);
     info.textContent = `${r.headers.get("X-Inliers")} verified keypoint matches (SIFT, geometric check)`;
     box.dataset.inliers = r.headers.get("X-Inliers");
   } catch (e) { if (state.kp === key) info.textContent = `keypoints: ${e.message}`; }
