@@ -60,6 +60,7 @@ def run(config: str, seed: int, steps: int, work: Path) -> dict:
         archive=str(work / "train"), val_archive=str(work / "test"), out=str(work / f"model-{seed}"), seed=seed,
         val_map="off", cache_dir=str(work / "cache"), torch_threads=2,
     )  # fmt: skip
+    torch.set_num_threads(cfg.torch_threads)
     session = Session(cfg)
     acc0, rank0 = probe(session)
     t0 = time.perf_counter()
@@ -82,7 +83,6 @@ def main() -> None:
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="reid-recipe-start-"))
     make_surveys(work)
-    torch.set_num_threads(2)
     rows = []
     print(
         f"{'config':24s} {'loss':8s} {'seed':>4s} {'acc@1 before -> after':>22s} {'rank before -> after':>21s}"

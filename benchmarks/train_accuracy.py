@@ -141,8 +141,8 @@ def run_seed(
           f"{train_s:.0f} s; test individuals never seen in training; leave-one-out, same burst excluded")  # fmt: skip
     print(f"{'':24s} {'acc@1':>7s} {'acc@5':>7s} {'acc@10':>7s} {'mAP':>7s}")
     for name in ("trained", "untrained"):
-        for tag_, what in (("", "like flanks"), ("_anyview", "any two photos")):
-            row = [figures[f"{name}_{k}{tag_}"] for k in ("accuracy1", "accuracy5", "accuracy10", "map")]
+        for view, what in (("", "like flanks"), ("_anyview", "any two photos")):
+            row = [figures[f"{name}_{k}{view}"] for k in ("accuracy1", "accuracy5", "accuracy10", "map")]
             print(f"{name + ', ' + what:24s} " + " ".join(f"{v:7.3f}" for v in row))
     return figures
 
